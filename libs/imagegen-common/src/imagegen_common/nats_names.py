@@ -1,0 +1,75 @@
+"""Names of every NATS subject, stream, consumer and bucket, defined once for all services.
+
+Data flows one way: gateway -> jobs stream -> generator -> reply subject (gateway) and events stream
+(billing, webhooks).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+#: Work queue of generation jobs (GenerationJob); each message is taken by one generator.
+JOBS_STREAM = "IMAGEGEN_JOBS"
+JOBS_SUBJECT = "imagegen.jobs.generate"
+#: The one durable pull consumer that every generator replica shares.
+GENERATOR_CONSUMER = "generators"
+
+#: Durable events: job outcomes (JobOutcome) and starts (JobStarted).
+EVENTS_STREAM = "IMAGEGEN_EVENTS"
+EVENTS_SUBJECTS = "imagegen.events.>"
+OUTCOME_SUBJECT = "imagegen.events.job.outcome"
+STARTED_SUBJECT = "imagegen.events.job.started"
+#: Billing's durable consumer of outcomes: capture on success, release on failure.
+BILLING_SETTLEMENT_CONSUMER = "billing-settlement"
+
+#: Core NATS broadcast of CancelJob to every generator replica.
+CANCEL_SUBJECT = "imagegen.jobs.cancel"
+#: KV bucket of cancelled job ids, so that a job cancelled while queued is never started.
+CANCELLED_JOBS_BUCKET = "imagegen_cancelled_jobs"
+
+#: Object store bucket of generated images.
+IMAGES_BUCKET = "imagegen_images"
+
+#: Prefix of reply subjects: imagegen.replies.<gateway instance>.<job id>
+REPLY_PREFIX = "imagegen.replies"
+
+#: JetStream advisory published when a job exhausted its deliveries.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{GENERATOR_CONSUMER}"
+
+EVENTS_MAX_AGE = timedelta(days=7)
+JOBS_MAX_AGE = timedelta(days=1)
+
+
+def reply_subject(instance: str, job_id: str) -> str:
+    return f"{REPLY_PREFIX}.{instance}.{job_id}"
+
+
+def reply_wildcard(instance: str) -> str:
+    return f"{REPLY_PREFIX}.{instance}.*"
+
+
+def jobs_stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=JOBS_STREAM,
+        subjects=[JOBS_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=JOBS_MAX_AGE.total_seconds(),
+        duplicate_window=timedelta(minutes=10).total_seconds(),
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def events_stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=[EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=EVENTS_MAX_AGE.total_seconds(),
+        duplicate_window=timedelta(minutes=10).total_seconds(),
+    )

@@ -1,0 +1,47 @@
+"""Settings shared by every service. Each service has one settings class built from these parts,
+read once at start-up (``IMAGEGEN_…`` environment variables) and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imagegen_common.logging import LogFormat
+
+ENV_PREFIX = "IMAGEGEN_"
+
+
+class BaseServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(
+        "json", description="`json` (one object per line, for containers) or `text` (for a terminal)."
+    )
+    data_dir: Path = Field(
+        Path(".imagegen"), description="Where embedded defaults keep their files (SQLite, NATS data)."
+    )
+
+
+class NatsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    nats_stream_replicas: int = Field(
+        1, ge=1, le=5, description="Replicas of the JetStream streams and buckets (3 in production)."
+    )
+    nats_connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Timeout of one NATS connection attempt."
+    )
+
+
+class PublicUrlSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base of the URLs handed to clients (images are at `{public_base_url}/images/…`).",
+    )
