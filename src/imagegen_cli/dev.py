@@ -1,8 +1,268 @@
-"""`imagegen dev`: the whole stack on one machine with embedded defaults."""
+"""`imagegen dev`: the whole stack on one machine, on embedded defaults.
+
+It starts, as child processes: an embedded nats-server with JetStream (unless IMAGEGEN_NATS_URL is
+set), billing on SQLite in the data dir, one generator and the gateway. On first start it creates an
+admin token and a demo account, kept in ``<data dir>/dev-state.json`` so that later starts reuse them.
+Once everything answers its readiness probe it prints how to connect and writes the ready file.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
 
-def dev() -> None:
-    """Start every service with embedded defaults."""
-    raise SystemExit("imagegen dev: not built yet")
+import grpc
+import typer
+
+from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen_cli.nats_embedded import embedded_nats_command
+from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok, imagegen_command
+
+DEMO_EMAIL = "demo@imagegen.local"
+DEMO_CREDITS = 1000
+STATE_FILE = "dev-state.json"
+
+
+@dataclass
+class DevState:
+    """What must survive a restart of the dev stack: its secrets and the demo account."""
+
+    admin_token: str
+    token: str = ""
+    account_id: str = ""
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> DevState:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        return cls(admin_token="iga_" + secrets.token_urlsafe(32))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+        path.chmod(0o600)
+
+
+def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` when it is free, otherwise any free port."""
+    for candidate in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+class Stack:
+    """The child processes of the dev stack, each started once ready, stopped in reverse order."""
+
+    def __init__(self, data: Path, env: dict[str, str]) -> None:
+        self.data = data
+        self.env = env
+        self.children: list[ChildProcess] = []
+        self.stopping = False
+
+    def start(self, name: str, command: list[str], ready: ReadyCheck, **env: str) -> None:
+        child = ChildProcess(name, command, {**self.env, **env}).start()
+        self.children.append(child)
+        child.wait_ready(ready, timeout=60)
+
+    def start_nats(self) -> str:
+        nats_url = os.environ.get("IMAGEGEN_NATS_URL")
+        if not nats_url:
+            port = port_or_free(4222)
+            nats_url = f"nats://127.0.0.1:{port}"
+            self.start("nats", embedded_nats_command(port, self.data / "nats"), tcp_open(port))
+        self.env["IMAGEGEN_NATS_URL"] = nats_url
+        return nats_url
+
+    def start_billing(self) -> str:
+        address = f"127.0.0.1:{port_or_free(50051)}"
+        self.env["IMAGEGEN_BILLING_ADDRESS"] = address
+        ops = f"127.0.0.1:{port_or_free(9101)}"
+        self.start(
+            "billing",
+            imagegen_command("billing"),
+            grpc_serving(address),
+            IMAGEGEN_BILLING_LISTEN=address,
+            IMAGEGEN_BILLING_OPS_LISTEN=ops,
+        )
+        return address
+
+    def start_generator(self) -> None:
+        ops = f"127.0.0.1:{port_or_free(9102)}"
+        ready = http_ok(f"http://{ops}/readyz")
+        self.start("generator", imagegen_command("generator"), ready, IMAGEGEN_GENERATOR_OPS_LISTEN=ops)
+
+    def start_gateway(self, host: str, port: int) -> None:
+        ready = http_ok(f"http://127.0.0.1:{port}/readyz")
+        self.start("gateway", imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=f"{host}:{port}")
+
+    def dead_child(self) -> ChildProcess | None:
+        return next((c for c in self.children if not c.alive()), None)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop(timeout=30)
+
+
+def ensure_demo_account(state: DevState, billing_address: str) -> None:
+    """Creates the demo account on first start; on later ones checks that its token still works."""
+    admin_auth = (("authorization", f"Bearer {state.admin_token}"),)
+    with grpc.insecure_channel(billing_address) as channel:
+        if state.token:
+            try:
+                billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
+                    billing_service_pb2.AuthenticateRequest(token=state.token), timeout=10
+                )
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+        admin = admin_service_pb2_grpc.AdminServiceStub(channel)
+        try:
+            created = admin.CreateAccount(
+                admin_service_pb2.CreateAccountRequest(
+                    email=DEMO_EMAIL, credits=DEMO_CREDITS, token_label="dev"
+                ),
+                metadata=admin_auth,
+                timeout=10,
+            )
+            state.account_id, state.token = created.account.id, created.token_secret
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            issued = admin.IssueToken(
+                admin_service_pb2.IssueTokenRequest(account=DEMO_EMAIL, label="dev"),
+                metadata=admin_auth,
+                timeout=10,
+            )
+            state.account_id, state.token = issued.token.account_id, issued.token_secret
+
+
+def banner(ready: dict[str, str]) -> str:
+    mcp_config = {
+        "mcpServers": {
+            "imagegen": {
+                "type": "http",
+                "url": ready["mcp_url"],
+                "headers": {"Authorization": f"Bearer {ready['token']}"},
+            }
+        }
+    }
+    return f"""
+imagegen is running.
+
+  MCP endpoint   {ready["mcp_url"]}
+  REST API       {ready["rest_url"]}
+  Demo token     {ready["token"]}   ({DEMO_CREDITS} credits on first start)
+  Admin token    {ready["admin_token"]}
+  Billing gRPC   {ready["billing_address"]}
+
+Try it:
+  curl -X POST {ready["mcp_url"]} \\
+    -H "Authorization: Bearer {ready["token"]}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {{}}}}'
+
+  claude mcp add --transport http imagegen {ready["mcp_url"]} \\
+    --header "Authorization: Bearer {ready["token"]}"
+
+.mcp.json:
+{json.dumps(mcp_config, indent=2)}
+
+Administer:
+  imagegen admin --billing {ready["billing_address"]} --admin-token {ready["admin_token"]} account list
+Stop with Ctrl-C.
+"""
+
+
+def dev(
+    port: Annotated[int, typer.Option(help="Port of the gateway (MCP and REST).")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where SQLite, NATS data and the dev state live [IMAGEGEN_DATA_DIR].")
+    ] = None,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write one JSON object with the stack's addresses and tokens once ready."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface the gateway listens on.")] = "127.0.0.1",
+) -> None:
+    """Start the whole stack (NATS, billing, generator, gateway) with embedded defaults."""
+    data = (data_dir or Path(os.environ.get("IMAGEGEN_DATA_DIR", ".imagegen"))).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    state_path = data / STATE_FILE
+    state = DevState.load_or_create(state_path)
+    state.save(state_path)
+    public_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    stack = Stack(
+        data,
+        {
+            "IMAGEGEN_DATA_DIR": str(data),
+            "IMAGEGEN_LOG_FORMAT": os.environ.get("IMAGEGEN_LOG_FORMAT", "text"),
+            "IMAGEGEN_ADMIN_TOKEN": state.admin_token,
+            "IMAGEGEN_PUBLIC_BASE_URL": os.environ.get("IMAGEGEN_PUBLIC_BASE_URL", public_url),
+        },
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stack.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        nats_url = stack.start_nats()
+        billing_address = stack.start_billing()
+        ensure_demo_account(state, billing_address)
+        state.save(state_path)
+        stack.start_generator()
+        stack.start_gateway(host, port)
+        ready = {
+            "mcp_url": f"{public_url}/api/mcp",
+            "rest_url": f"{public_url}/api",
+            "billing_address": billing_address,
+            "nats_url": nats_url,
+            "admin_token": state.admin_token,
+            "token": state.token,
+            "account_id": state.account_id,
+            "data_dir": str(data),
+        }
+        typer.echo(banner(ready))
+        if ready_file:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ready, indent=2))
+            tmp.replace(ready_file)  # readers never see half a file
+        while not stack.stopping:
+            dead = stack.dead_child()
+            if dead is not None:
+                typer.echo(f"imagegen dev: {dead.name} exited (code {dead.returncode()}); stopping", err=True)
+                raise typer.Exit(1)
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError, grpc.RpcError) as exc:
+        typer.echo(f"imagegen dev: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        stack.stop()
+        if ready_file:
+            ready_file.unlink(missing_ok=True)
+
+
+def tcp_open(port: int) -> ReadyCheck:
+    """Ready when something accepts connections on the loopback ``port``."""
+
+    def check() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    return check

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 #: Work queue of generation jobs (GenerationJob); each message is taken by one generator.
 JOBS_STREAM = "IMAGEGEN_JOBS"
@@ -28,6 +28,11 @@ BILLING_SETTLEMENT_CONSUMER = "billing-settlement"
 CANCEL_SUBJECT = "imagegen.jobs.cancel"
 #: KV bucket of cancelled job ids, so that a job cancelled while queued is never started.
 CANCELLED_JOBS_BUCKET = "imagegen_cancelled_jobs"
+
+#: KV bucket where each live generator replica announces itself (key: replica id, value: JSON with
+#: its "provider"); entries expire unless refreshed, so the bucket lists the replicas alive now.
+GENERATORS_BUCKET = "imagegen_generators"
+GENERATOR_ANNOUNCE_TTL = timedelta(seconds=30)
 
 #: Object store bucket of generated images.
 IMAGES_BUCKET = "imagegen_images"
@@ -72,4 +77,25 @@ def events_stream_config(replicas: int = 1) -> StreamConfig:
         num_replicas=replicas,
         max_age=EVENTS_MAX_AGE.total_seconds(),
         duplicate_window=timedelta(minutes=10).total_seconds(),
+    )
+
+
+def cancelled_jobs_kv_config(replicas: int = 1) -> KeyValueConfig:
+    """Keys are job ids; an entry outlives any job that could still be queued."""
+    return KeyValueConfig(
+        bucket=CANCELLED_JOBS_BUCKET,
+        history=1,
+        ttl=JOBS_MAX_AGE.total_seconds(),
+        replicas=replicas,
+        storage=StorageType.FILE,
+    )
+
+
+def generators_kv_config(replicas: int = 1) -> KeyValueConfig:
+    return KeyValueConfig(
+        bucket=GENERATORS_BUCKET,
+        history=1,
+        ttl=GENERATOR_ANNOUNCE_TTL.total_seconds(),
+        replicas=replicas,
+        storage=StorageType.MEMORY,
     )

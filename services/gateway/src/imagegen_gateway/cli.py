@@ -1,7 +1,33 @@
-"""`imagegen gateway`: runs one gateway process."""
+"""`imagegen gateway`: runs one gateway (MCP and REST over HTTP)."""
 
 from __future__ import annotations
 
 import typer
+import uvicorn
 
-app = typer.Typer(help="Run the gateway service.", no_args_is_help=False)
+from imagegen_common.logging import configure_logging
+from imagegen_gateway.app import create_app
+from imagegen_gateway.config import GatewaySettings
+
+app = typer.Typer(help="Run the gateway service (MCP at /api/mcp, REST under /api).", no_args_is_help=False)
+
+
+@app.callback(invoke_without_command=True)
+def serve(ctx: typer.Context) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight requests finish (up to the drain timeout)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    host, port = settings.listen
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
+        proxy_headers=True,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()

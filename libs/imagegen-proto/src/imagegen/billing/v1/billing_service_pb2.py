@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from imagegen.billing.v1 import resources_pb2 as imagegen_dot_billing_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"<\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"_\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\" \n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"Y\n\x0f\x43\x61ptureResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation2\xd5\x06\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07\x43\x61pture\x12#.imagegen.billing.v1.CaptureRequest\x1a$.imagegen.billing.v1.CaptureResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"W\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x19\n\x11input_image_count\x18\x04 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"_\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"P\n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0f\x43\x61ptureResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"`\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation2\xd5\x06\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07\x43\x61pture\x12#.imagegen.billing.v1.CaptureRequest\x1a$.imagegen.billing.v1.CaptureResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,33 +42,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_start=284
   _globals['_LISTMODELSRESPONSE']._serialized_end=371
   _globals['_QUOTEREQUEST']._serialized_start=373
-  _globals['_QUOTEREQUEST']._serialized_end=433
-  _globals['_QUOTERESPONSE']._serialized_start=435
-  _globals['_QUOTERESPONSE']._serialized_end=513
-  _globals['_RESERVEREQUEST']._serialized_start=516
-  _globals['_RESERVEREQUEST']._serialized_end=683
-  _globals['_RESERVERESPONSE']._serialized_start=685
-  _globals['_RESERVERESPONSE']._serialized_end=774
-  _globals['_RESERVEBATCHREQUEST']._serialized_start=776
-  _globals['_RESERVEBATCHREQUEST']._serialized_end=852
-  _globals['_RESERVEBATCHRESPONSE']._serialized_start=854
-  _globals['_RESERVEBATCHRESPONSE']._serialized_end=949
-  _globals['_CAPTUREREQUEST']._serialized_start=951
-  _globals['_CAPTUREREQUEST']._serialized_end=983
-  _globals['_CAPTURERESPONSE']._serialized_start=985
-  _globals['_CAPTURERESPONSE']._serialized_end=1074
-  _globals['_RELEASEREQUEST']._serialized_start=1076
-  _globals['_RELEASEREQUEST']._serialized_end=1124
-  _globals['_RELEASERESPONSE']._serialized_start=1126
-  _globals['_RELEASERESPONSE']._serialized_end=1215
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1217
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1256
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=1258
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=1372
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=1374
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=1413
-  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1415
-  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1494
-  _globals['_BILLINGSERVICE']._serialized_start=1497
-  _globals['_BILLINGSERVICE']._serialized_end=2350
+  _globals['_QUOTEREQUEST']._serialized_end=460
+  _globals['_QUOTERESPONSE']._serialized_start=462
+  _globals['_QUOTERESPONSE']._serialized_end=540
+  _globals['_RESERVEREQUEST']._serialized_start=543
+  _globals['_RESERVEREQUEST']._serialized_end=710
+  _globals['_RESERVERESPONSE']._serialized_start=712
+  _globals['_RESERVERESPONSE']._serialized_end=801
+  _globals['_RESERVEBATCHREQUEST']._serialized_start=803
+  _globals['_RESERVEBATCHREQUEST']._serialized_end=879
+  _globals['_RESERVEBATCHRESPONSE']._serialized_start=881
+  _globals['_RESERVEBATCHRESPONSE']._serialized_end=976
+  _globals['_CAPTUREREQUEST']._serialized_start=978
+  _globals['_CAPTUREREQUEST']._serialized_end=1058
+  _globals['_CAPTURERESPONSE']._serialized_start=1060
+  _globals['_CAPTURERESPONSE']._serialized_end=1149
+  _globals['_RELEASEREQUEST']._serialized_start=1151
+  _globals['_RELEASEREQUEST']._serialized_end=1247
+  _globals['_RELEASERESPONSE']._serialized_start=1249
+  _globals['_RELEASERESPONSE']._serialized_end=1338
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1340
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1379
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=1381
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1495
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1497
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1536
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1538
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1617
+  _globals['_BILLINGSERVICE']._serialized_start=1620
+  _globals['_BILLINGSERVICE']._serialized_end=2473
 # @@protoc_insertion_point(module_scope)

@@ -250,23 +250,71 @@ class JobDetails(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
+    REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     width: _builtins.int
     height: _builtins.int
+    request_fingerprint: _builtins.str
+    """Hash of the whole request (prompt included) that made the job, so that a client's retry with the
+    same idempotency key but another request is told apart from a true repeat.
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
+        request_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "request_fingerprint", b"request_fingerprint", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobDetails: _TypeAlias = JobDetails  # noqa: Y015
+
+@_typing.final
+class JobResult(_message.Message):
+    """How the job of a reservation ended, recorded when the reservation settles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_URL_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    image_url: _builtins.str
+    """Set when the job made an image."""
+    mime_type: _builtins.str
+    width: _builtins.int
+    height: _builtins.int
+    error_code: _builtins.str
+    """Set when the job failed: a stable code ("content_rejected", "timeout", ...) and a sentence for people."""
+    error_message: _builtins.str
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        image_url: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        error_code: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finish_time", b"finish_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "finish_time", b"finish_time", "height", b"height", "image_url", b"image_url", "mime_type", b"mime_type", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
 
 @_typing.final
 class Reservation(_message.Message):
@@ -300,6 +348,8 @@ class Reservation(_message.Message):
     SETTLE_TIME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     account_id: _builtins.str
     amount: _builtins.int
@@ -318,6 +368,14 @@ class Reservation(_message.Message):
 
     @_builtins.property
     def details(self) -> Global___JobDetails: ...
+    @_builtins.property
+    def result(self) -> Global___JobResult:
+        """The job's outcome, once known."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job was taken by a generator (unset while queued)."""
+
     def __init__(
         self,
         *,
@@ -330,10 +388,12 @@ class Reservation(_message.Message):
         settle_time: _timestamp_pb2.Timestamp | None = ...,
         details: Global___JobDetails | None = ...,
         release_reason: _builtins.str = ...,
+        result: Global___JobResult | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "settle_time", b"settle_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_reason", b"release_reason", "settle_time", b"settle_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_reason", b"release_reason", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,41 @@
+"""Billing's model catalog as the gateway sees it: fetched over gRPC, cached for a short while."""
+
+from __future__ import annotations
+
+import time
+
+from imagegen.billing.v1 import billing_service_pb2, resources_pb2
+from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway.errors import InvalidInputError
+
+CACHE_SECONDS = 30.0
+
+
+class ModelCatalog:
+    def __init__(self, billing: BillingClient) -> None:
+        self.billing = billing
+        self._cached: billing_service_pb2.ListModelsResponse | None = None
+        self._fetched_at = 0.0
+
+    async def listing(self) -> billing_service_pb2.ListModelsResponse:
+        if self._cached is None or time.monotonic() - self._fetched_at > CACHE_SECONDS:
+            self._cached = await self.billing.list_models()
+            self._fetched_at = time.monotonic()
+        return self._cached
+
+    async def get(self, key: str) -> resources_pb2.Model:
+        """The model of ``key`` (the default one when empty); the error names the valid keys."""
+        listing = await self.listing()
+        wanted = key or listing.default_model
+        for model in listing.models:
+            if model.key == wanted:
+                return model
+        keys = ", ".join(m.key for m in listing.models)
+        raise InvalidInputError(f"unknown model {wanted!r}; available models: {keys}", field="model")
+
+
+def provider_reference(model: resources_pb2.Model) -> str:
+    """``owner/name`` or ``owner/name:version``, as the generator passes it to Replicate."""
+    if model.provider_version:
+        return f"{model.provider_model}:{model.provider_version}"
+    return model.provider_model

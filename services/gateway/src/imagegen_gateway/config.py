@@ -1,0 +1,72 @@
+"""The gateway's settings: one class, read once at start-up from ``IMAGEGEN_…`` variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings):
+    gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
+    billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")
+    billing_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one gRPC call to billing.")
+    job_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long a generation may take before it is cancelled and its credits released.",
+    )
+    reservation_grace_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Extra time a reservation outlives its job's deadline before billing's reaper frees it.",
+    )
+    progress_interval_seconds: float = Field(
+        5.0, gt=0, description="Interval of MCP progress notifications while a generation runs."
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a checked API token is trusted without asking billing again."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Origins allowed to call the API from a browser (comma-separated; `*` allows any). The public "
+            "base URL's origin and loopback origins are always allowed."
+        ),
+    )
+    drain_timeout_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    max_request_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @cached_property
+    def listen(self) -> tuple[str, int]:
+        return split_host_port(self.gateway_listen)
+
+    @cached_property
+    def origin_allow_list(self) -> list[str]:
+        public = urlsplit(self.public_base_url)
+        return [
+            f"{public.scheme}://{public.netloc}",
+            "http://localhost:*",
+            "http://127.0.0.1:*",
+            "http://[::1]:*",
+            *self.allowed_origins,
+        ]

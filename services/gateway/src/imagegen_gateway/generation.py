@@ -1,0 +1,335 @@
+"""The generation flow that both front ends call: validate → quote → reserve → publish → outcome.
+
+Credits are held by billing before a job is queued and settled from the job's outcome event, so a
+gateway that dies mid-wait loses nothing. The gateway also settles what it sees itself (releasing a
+failed or abandoned job at once) so that a client's balance is right when it gets its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import nats.errors
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from imagegen.billing.v1 import resources_pb2
+from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common.ids import new_job_id
+from imagegen_common.logging import prompt_preview
+from imagegen_common.outcomes import error_code_name
+from imagegen_gateway.billing_client import BillingClient, Principal, ReservationRequest
+from imagegen_gateway.catalog import ModelCatalog, provider_reference
+from imagegen_gateway.errors import (
+    GenerationFailedError,
+    GenerationTimeoutError,
+    InvalidInputError,
+    ServiceUnavailableError,
+)
+from imagegen_gateway.jobs import JobBus
+
+log = logging.getLogger(__name__)
+
+Reservation = resources_pb2.Reservation
+#: Called with the stage of a running job ("queued", "generating", "storing") and seconds waited.
+ProgressCallback = Callable[[str, float], Awaitable[None]]
+
+STAGE_NAMES = {
+    jobs_pb2.JobProgress.STAGE_QUEUED: "queued",
+    jobs_pb2.JobProgress.STAGE_GENERATING: "generating",
+    jobs_pb2.JobProgress.STAGE_STORING: "storing",
+}
+NOT_CHARGED = "No credits were charged."
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """One image as a client asks for it."""
+
+    prompt: str
+    model: str = ""
+    width: int = 1024
+    height: int = 1024
+    input_image_urls: tuple[str, ...] = field(default=())
+    negative_prompt: str = ""
+
+    def fingerprint(self) -> str:
+        """Hash of everything that makes the request: a retry must match it to count as a repeat."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A job whose credits are held and that is on the queue (or was, for a repeat)."""
+
+    job_id: str
+    model: str
+    width: int
+    height: int
+    credits: int
+    reservation: resources_pb2.Reservation
+    deadline: datetime
+
+    @property
+    def state(self) -> resources_pb2.Reservation.State.ValueType:
+        return self.reservation.state
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredImage:
+    image_id: str
+    image_url: str
+    mime_type: str
+    width: int
+    height: int
+    credits_used: int
+    credits_remaining: int
+
+
+def idempotent_job_id(account_id: str, key: str, index: int = 0) -> str:
+    """The job id of a client's idempotency key: the same key of the same account gives the same job."""
+    digest = hashlib.sha256(f"{account_id}\0{key}\0{index}".encode()).digest()[:16]
+    return "img_" + base64.b32encode(digest).decode().rstrip("=").lower()
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def failure_of(result: resources_pb2.JobResult, fallback: str) -> GenerationFailedError:
+    message = result.error_message or fallback
+    return GenerationFailedError(result.error_code or "failed", f"{message} {NOT_CHARGED}")
+
+
+class Generations:
+    def __init__(
+        self,
+        *,
+        billing: BillingClient,
+        bus: JobBus,
+        catalog: ModelCatalog,
+        job_timeout: float,
+        reservation_grace: float,
+        poll_interval: float,
+    ) -> None:
+        self.billing = billing
+        self.bus = bus
+        self.catalog = catalog
+        self.job_timeout = timedelta(seconds=job_timeout)
+        self.reservation_grace = timedelta(seconds=reservation_grace)
+        self.poll_interval = poll_interval
+
+    async def submit(
+        self, principal: Principal, request: ImageRequest, job_ids: Sequence[str], reply: bool = True
+    ) -> list[Submission]:
+        """Quotes, holds the credits of every job (all or none) and queues the new ones.
+
+        A job id that already has a reservation (an idempotent repeat) is returned as it stands,
+        provided the request is the same; it is not charged again.
+        """
+        model = await self.catalog.get(request.model)
+        quote = await self.billing.quote(
+            model.key, request.width, request.height, len(request.input_image_urls)
+        )
+        deadline = datetime.now(UTC) + self.job_timeout
+        fingerprint = request.fingerprint()
+        held = await self.billing.reserve(
+            principal.account_id,
+            [
+                ReservationRequest(
+                    job_id, quote.credits, model.key, request.width, request.height, fingerprint
+                )
+                for job_id in job_ids
+            ],
+            expire_time=deadline + self.reservation_grace,
+        )
+        submissions = []
+        for reservation in held.reservations:
+            if reservation.details.request_fingerprint != fingerprint:
+                raise InvalidInputError(
+                    "this idempotency key was already used for a different request; use a new key",
+                    field="idempotency_key",
+                )
+            submissions.append(
+                Submission(
+                    job_id=reservation.job_id,
+                    model=model.key,
+                    width=request.width,
+                    height=request.height,
+                    credits=reservation.amount,
+                    reservation=reservation,
+                    deadline=reservation.expire_time.ToDatetime(UTC) - self.reservation_grace,
+                )
+            )
+        queued = [s for s in submissions if s.state == Reservation.STATE_HELD]
+        try:
+            for submission in queued:
+                await self.bus.publish(self._job(principal, request, model, submission, reply))
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.error("could not queue jobs", extra={"error": repr(exc)})
+            for submission in queued:
+                await self.billing.release(submission.job_id, "not queued: job queue unavailable")
+            raise ServiceUnavailableError(
+                f"the job queue is unavailable; please try again shortly. {NOT_CHARGED}"
+            ) from exc
+        for submission in queued:
+            log.info(
+                "job queued",
+                extra={
+                    "job_id": submission.job_id,
+                    "model": model.key,
+                    "size": f"{request.width}x{request.height}",
+                    "credits": submission.credits,
+                    "prompt": prompt_preview(request.prompt),
+                },
+            )
+        return submissions
+
+    def _job(
+        self,
+        principal: Principal,
+        request: ImageRequest,
+        model: resources_pb2.Model,
+        submission: Submission,
+        reply: bool,
+    ) -> jobs_pb2.GenerationJob:
+        return jobs_pb2.GenerationJob(
+            job_id=submission.job_id,
+            account_id=principal.account_id,
+            model=model.key,
+            provider_model=provider_reference(model),
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
+            input_image_urls=list(request.input_image_urls),
+            deadline=_timestamp(submission.deadline),
+            reply_subject=self.bus.reply_subject(submission.job_id) if reply else "",
+            submit_time=submission.reservation.create_time,
+        )
+
+    async def generate(
+        self,
+        principal: Principal,
+        request: ImageRequest,
+        on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeliveredImage:
+        """Makes one image and waits for it. Raises a GatewayError that costs nothing on failure,
+        timeout or cancellation — unless the image was made before the client gave up."""
+        job_id = idempotent_job_id(principal.account_id, idempotency_key) if idempotency_key else new_job_id()
+        with self.bus.watch(job_id) as updates:
+            [submission] = await self.submit(principal, request, [job_id])
+            try:
+                result = await self._wait(submission, updates, on_progress)
+            except GenerationTimeoutError:
+                made_anyway = await self._abandon(submission, "timeout")
+                if made_anyway is None:
+                    raise GenerationTimeoutError(
+                        f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds "
+                        f"and was cancelled. {NOT_CHARGED}"
+                    ) from None
+                result = made_anyway
+            except BaseException:  # the client went away (cancellation) or we failed: free the credits
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self._abandon(submission, "cancelled")
+                raise
+        if result.image_url:
+            return await self._delivered(principal, submission, result)
+        with anyio.CancelScope(shield=True):
+            await self.billing.release(submission.job_id, f"failed: {result.error_code}", result)
+        raise failure_of(result, "the image could not be generated.")
+
+    async def _delivered(
+        self, principal: Principal, submission: Submission, result: resources_pb2.JobResult
+    ) -> DeliveredImage:
+        return DeliveredImage(
+            image_id=submission.job_id,
+            image_url=result.image_url,
+            mime_type=result.mime_type,
+            width=result.width,
+            height=result.height,
+            credits_used=submission.credits,
+            credits_remaining=await self.billing.credits(principal.account_id),
+        )
+
+    async def _abandon(self, submission: Submission, reason: str) -> resources_pb2.JobResult | None:
+        """Cancels the job and frees its credits; returns its result if the image was made anyway."""
+        try:
+            await self.bus.cancel(submission.job_id, reason)
+        except (nats.errors.Error, TimeoutError):
+            log.warning("could not publish a job cancellation", extra={"job_id": submission.job_id})
+        reservation = await self.billing.release(submission.job_id, reason)
+        if reservation.state == Reservation.STATE_CAPTURED and reservation.result.image_url:
+            return reservation.result
+        return None
+
+    async def _wait(
+        self,
+        submission: Submission,
+        updates: asyncio.Queue[jobs_pb2.JobUpdate],
+        on_progress: ProgressCallback | None,
+    ) -> resources_pb2.JobResult:
+        """The job's result, from its reply subject or, as a fallback, from billing's record of it.
+
+        Core NATS delivers a reply at most once; a repeat of an idempotent request waits for a job
+        that replies elsewhere. Asking billing every poll interval covers both.
+        """
+        if submission.state != Reservation.STATE_HELD:
+            return self._settled_result(submission.reservation)
+        started = time.monotonic()
+        stage = "queued"
+        if on_progress:
+            await on_progress(stage, 0.0)
+        while True:
+            remaining = (submission.deadline - datetime.now(UTC)).total_seconds()
+            if remaining <= 0:
+                raise GenerationTimeoutError("deadline passed")
+            try:
+                update = await asyncio.wait_for(updates.get(), timeout=min(self.poll_interval, remaining))
+            except TimeoutError:
+                reservation = await self.billing.reservation(submission.job_id)
+                if reservation.state != Reservation.STATE_HELD:
+                    return self._settled_result(reservation)
+            else:
+                if update.HasField("outcome"):
+                    return result_of(update.outcome)
+                stage = STAGE_NAMES.get(update.progress.stage, stage)
+            if on_progress:
+                await on_progress(stage, time.monotonic() - started)
+
+    @staticmethod
+    def _settled_result(reservation: resources_pb2.Reservation) -> resources_pb2.JobResult:
+        if reservation.state == Reservation.STATE_CAPTURED and reservation.result.image_url:
+            return reservation.result
+        if reservation.result.error_code:
+            return reservation.result
+        reason = reservation.release_reason or "the job did not finish"
+        return resources_pb2.JobResult(
+            error_code="failed", error_message=f"The image was not generated ({reason})."
+        )
+
+
+def result_of(outcome: jobs_pb2.JobOutcome) -> resources_pb2.JobResult:
+    """A job outcome in the shape billing keeps it."""
+    result = resources_pb2.JobResult(finish_time=outcome.finish_time)
+    if outcome.HasField("image"):
+        result.image_url = outcome.image.url
+        result.mime_type = outcome.image.mime_type
+        result.width = outcome.image.width
+        result.height = outcome.image.height
+    else:
+        result.error_code = error_code_name(outcome.failure.code)
+        result.error_message = outcome.failure.message
+    return result

@@ -1,0 +1,101 @@
+"""The gateway's side of NATS: publish jobs, receive their updates on this instance's reply subjects,
+and cancel them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common import nats_names
+from imagegen_common.ids import random_id
+from imagegen_common.jetstream import ensure_key_value, ensure_stream
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
+class JobBus:
+    """Publishes jobs and routes each update that arrives on a reply subject to its waiter."""
+
+    def __init__(self, nc: NATS, stream_replicas: int = 1) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.instance = random_id("gw", 8)
+        self.stream_replicas = stream_replicas
+        self._waiters: dict[str, list[asyncio.Queue[jobs_pb2.JobUpdate]]] = {}
+        self._subscription: Subscription | None = None
+        self._cancelled: KeyValue | None = None
+
+    async def start(self) -> None:
+        await ensure_stream(self.js, nats_names.jobs_stream_config(self.stream_replicas))
+        self._cancelled = await ensure_key_value(
+            self.js, nats_names.cancelled_jobs_kv_config(self.stream_replicas)
+        )
+        self._subscription = await self.nc.subscribe(
+            nats_names.reply_wildcard(self.instance), cb=self._on_reply
+        )
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+
+    def reply_subject(self, job_id: str) -> str:
+        return nats_names.reply_subject(self.instance, job_id)
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Queue[jobs_pb2.JobUpdate]]:
+        """Updates of a job, registered before it is published so that none is missed."""
+        queue: asyncio.Queue[jobs_pb2.JobUpdate] = asyncio.Queue()
+        self._waiters.setdefault(job_id, []).append(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._waiters.get(job_id, [])
+            queues.remove(queue)
+            if not queues:
+                self._waiters.pop(job_id, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        queues = self._waiters.get(job_id)
+        if not queues:
+            return  # the waiter gave up; billing settles from the outcome event
+        update = jobs_pb2.JobUpdate()
+        try:
+            update.ParseFromString(msg.data)
+        except Exception:  # a malformed message must not kill the subscription
+            log.warning("malformed job update", extra={"job_id": job_id})
+            return
+        for queue in queues:
+            queue.put_nowait(update)
+
+    async def publish(self, job: jobs_pb2.GenerationJob) -> None:
+        """Puts a job on the work queue; the job id deduplicates a repeated publish."""
+        await self.js.publish(
+            nats_names.JOBS_SUBJECT,
+            job.SerializeToString(),
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+            headers={"Nats-Msg-Id": job.job_id},
+        )
+
+    async def cancel(self, job_id: str, reason: str) -> None:
+        """Asks the generators not to start the job, or to stop it if one runs it."""
+        if self._cancelled is not None:
+            await self._cancelled.put(job_id, reason.encode())
+        await self.nc.publish(
+            nats_names.CANCEL_SUBJECT, jobs_pb2.CancelJob(job_id=job_id, reason=reason).SerializeToString()
+        )
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)

@@ -1,0 +1,67 @@
+"""The gateway's Prometheus metrics (names as in docs/architecture.md; labels bounded)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HTTP_REQUESTS = Counter(
+    "imagegen_gateway_http_requests_total",
+    "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "imagegen_gateway_http_request_duration_seconds",
+    "HTTP request duration until the response ended.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+TOOL_CALLS = Counter(
+    "imagegen_gateway_tool_calls_total", "MCP tool calls by tool and outcome.", ["tool", "outcome"]
+)
+GENERATION_WAIT = Histogram(
+    "imagegen_gateway_generation_wait_seconds",
+    "Time from submission to the outcome of a generation.",
+    ["frontend"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+WAITS_IN_FLIGHT = Gauge("imagegen_gateway_waits_in_flight", "Generations being waited for right now.")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template ("/images/{filename}"), never the raw path (unbounded)."""
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", []):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"
+
+
+class HttpMetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route, method = route_template(scope), scope["method"]
+            HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)
