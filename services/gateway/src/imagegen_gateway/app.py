@@ -91,9 +91,12 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
-async def _mcp(scope: Scope, receive: Receive, send: Send) -> None:
-    gateway: Gateway = scope["app"].state.gateway
-    await gateway.mcp(scope, receive, send)
+class _McpRoute:
+    """ASGI endpoint of /api/mcp (a class, so that Starlette passes it the raw ASGI call)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway: Gateway = scope["app"].state.gateway
+        await gateway.mcp(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -115,7 +118,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
-    app.router.routes.append(Route("/api/mcp", endpoint=_mcp, methods=["GET", "POST", "DELETE"]))
+    app.router.routes.append(Route("/api/mcp", endpoint=_McpRoute(), methods=["GET", "POST", "DELETE"]))
     app.add_middleware(HttpMetricsMiddleware)
 
     @app.get("/healthz", include_in_schema=False)

@@ -26,7 +26,7 @@ def serve(ctx: typer.Context) -> None:
         port=port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_seconds),
+        timeout_graceful_shutdown=int(settings.gateway_drain_timeout_seconds),
         proxy_headers=True,
         server_header=False,
     )

@@ -44,7 +44,7 @@ class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings):
             "base URL's origin and loopback origins are always allowed."
         ),
     )
-    drain_timeout_seconds: float = Field(
+    gateway_drain_timeout_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     max_request_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")

@@ -13,12 +13,13 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import anyio
 from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen_gateway.auth import Authenticator, bearer_token, unauthorized
 from imagegen_gateway.errors import GatewayError, InvalidTokenError
@@ -105,4 +106,40 @@ class McpEndpoint:
         if scope["method"] != "POST" or wants_event_stream(headers):
             await self.streaming.handle_request(scope, receive, send)
         else:
-            await self.plain.handle_request(_with_json_accept(scope), receive, send)
+            await _cancelled_on_disconnect(self.plain.handle_request, _with_json_accept(scope), receive, send)
+
+
+async def _cancelled_on_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Runs ``app`` and cancels it when the client goes away before the answer.
+
+    The SDK's JSON-response mode does not watch the connection (its SSE mode does), so a client
+    that gave up would leave its generation running and charged. The body is read first, then the
+    real ``receive`` is only awaited for the disconnect.
+    """
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body.extend(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return await receive()
+
+    async with anyio.create_task_group() as tasks:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch)
+        await app(scope, replay, send)
+        tasks.cancel_scope.cancel()
