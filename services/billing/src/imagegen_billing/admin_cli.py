@@ -1,7 +1,308 @@
-"""`imagegen admin`: accounts, tokens and credits, through billing's AdminService."""
+"""`imagegen admin`: accounts, tokens and credits, through billing's AdminService.
+
+Every failure is one line on stderr and a non-zero exit (1 for an error from or reaching billing, 2 for
+a missing admin token), never a traceback.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Annotated, Any, NoReturn
+
+import grpc
 import typer
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from imagegen.admin.v1 import admin_service_pb2 as pb
+from imagegen.admin.v1 import admin_service_pb2_grpc
+from imagegen.billing.v1 import resources_pb2
 
 app = typer.Typer(help="Administer accounts, tokens and credits.", no_args_is_help=True)
+account_app = typer.Typer(help="Create, show and list accounts.", no_args_is_help=True)
+token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+credits_app = typer.Typer(help="Grant or remove credits.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(token_app, name="token")
+app.add_typer(credits_app, name="credits")
+
+
+_KINDS = {value: name.removeprefix("KIND_").lower() for name, value in resources_pb2.LedgerEntry.Kind.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """Where billing is, how to authenticate, and how to print."""
+
+    address: str
+    token: str
+    as_json: bool
+    timeout: float
+
+    def call(self, method: str, request: Message) -> Any:
+        """One AdminService call; exits with one line on stderr when it fails."""
+        if not self.token:
+            fail("no admin token: pass --admin-token or set IMAGEGEN_ADMIN_TOKEN", code=2)
+        with grpc.insecure_channel(self.address) as channel:
+            stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+            try:
+                return getattr(stub, method)(
+                    request, metadata=[("authorization", f"Bearer {self.token}")], timeout=self.timeout
+                )
+            except grpc.RpcError as error:
+                fail(self._explain(error))
+
+    def _explain(self, error: grpc.RpcError) -> str:
+        code: grpc.StatusCode = error.code()
+        details: str = error.details() or code.name.lower()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return f"billing at {self.address} is unreachable ({details})"
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"billing at {self.address} did not answer within {self.timeout:g}s"
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            return "billing refused the admin token (check --admin-token or IMAGEGEN_ADMIN_TOKEN)"
+        return details
+
+    def show(self, data: Any, lines: Callable[[], Iterator[str]]) -> None:
+        """Prints ``data`` as JSON with --json, otherwise the lines for people."""
+        if self.as_json:
+            typer.echo(json.dumps(data, indent=2))
+        else:
+            for line in lines():
+                typer.echo(line)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _admin(ctx: typer.Context) -> Admin:
+    admin = ctx.find_object(Admin)
+    assert admin is not None, "the admin callback sets it"
+    return admin
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    billing: Annotated[
+        str, typer.Option("--billing", envvar="IMAGEGEN_BILLING_ADDRESS", help="Billing's gRPC address.")
+    ] = "127.0.0.1:50051",
+    admin_token: Annotated[
+        str,
+        typer.Option(
+            "--admin-token",
+            envvar="IMAGEGEN_ADMIN_TOKEN",
+            help="The admin token of billing.",
+            show_default=False,
+        ),
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for billing.")] = 10.0,
+) -> None:
+    """Administer accounts, tokens and credits."""
+    ctx.obj = Admin(address=billing, token=admin_token, as_json=as_json, timeout=timeout)
+
+
+@account_app.command("create")
+def account_create(
+    ctx: typer.Context,
+    email: str,
+    credits: Annotated[int, typer.Option(help="Credits to start with.", min=0)] = 0,
+    label: Annotated[str, typer.Option(help="Label of the first token.")] = "default",
+) -> None:
+    """Create an account and its first API token (the secret is shown once)."""
+    admin = _admin(ctx)
+    reply: pb.CreateAccountResponse = admin.call(
+        "CreateAccount", pb.CreateAccountRequest(email=email, credits=credits, token_label=label)
+    )
+    data = {**_account(reply.account), **_prefixed_token(reply.token), "token": reply.token_secret}
+
+    def lines() -> Iterator[str]:
+        yield from _account_lines(reply.account)
+        yield f"token     {reply.token.id}  {reply.token.label}"
+        yield f"secret    {reply.token_secret}"
+        yield "(the secret is shown only now: store it)"
+
+    admin.show(data, lines)
+
+
+@account_app.command("show")
+def account_show(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id or email.")]
+) -> None:
+    """An account: balance and tokens."""
+    admin = _admin(ctx)
+    reply: pb.GetAccountResponse = admin.call("GetAccount", pb.GetAccountRequest(account=account))
+    data = {**_account(reply.account), "tokens": [_token(t) for t in reply.tokens]}
+
+    def lines() -> Iterator[str]:
+        yield from _account_lines(reply.account)
+        yield from _token_lines(reply.tokens)
+
+    admin.show(data, lines)
+
+
+@account_app.command("list")
+def account_list(ctx: typer.Context) -> None:
+    """Every account, by email."""
+    admin = _admin(ctx)
+    accounts: list[resources_pb2.Account] = []
+    page_token = ""
+    while True:
+        reply: pb.ListAccountsResponse = admin.call(
+            "ListAccounts", pb.ListAccountsRequest(page_size=500, page_token=page_token)
+        )
+        accounts.extend(reply.accounts)
+        page_token = reply.next_page_token
+        if not page_token:
+            break
+
+    def lines() -> Iterator[str]:
+        for a in accounts:
+            yield f"{a.id}  {a.email}  credits {a.credits}  reserved {a.reserved_credits}"
+
+    admin.show([_account(a) for a in accounts], lines)
+
+
+@token_app.command("issue")
+def token_issue(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account id or email.")],
+    label: Annotated[str, typer.Option(help="What the token is for.")] = "default",
+) -> None:
+    """Issue a new API token (the secret is shown once)."""
+    admin = _admin(ctx)
+    reply: pb.IssueTokenResponse = admin.call(
+        "IssueToken", pb.IssueTokenRequest(account=account, label=label)
+    )
+
+    def lines() -> Iterator[str]:
+        yield f"token     {reply.token.id}  {reply.token.label}"
+        yield f"secret    {reply.token_secret}"
+        yield "(the secret is shown only now: store it)"
+
+    admin.show({**_token(reply.token), "token": reply.token_secret}, lines)
+
+
+@token_app.command("list")
+def token_list(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id or email.")]
+) -> None:
+    """The tokens of an account (prefixes only; secrets are never stored)."""
+    admin = _admin(ctx)
+    reply: pb.ListTokensResponse = admin.call("ListTokens", pb.ListTokensRequest(account=account))
+    admin.show([_token(t) for t in reply.tokens], lambda: _token_lines(reply.tokens))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ctx: typer.Context, token_id: Annotated[str, typer.Argument(help="Token id (tok_…).")]
+) -> None:
+    """Revoke a token; it stops working at once."""
+    admin = _admin(ctx)
+    reply: pb.RevokeTokenResponse = admin.call("RevokeToken", pb.RevokeTokenRequest(token_id=token_id))
+    admin.show(_token(reply.token), lambda: iter([f"revoked {reply.token.id} ({reply.token.prefix}…)"]))
+
+
+@credits_app.command("grant", context_settings={"ignore_unknown_options": True})
+def credits_grant(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account id or email.")],
+    amount: Annotated[int, typer.Argument(help="Credits to add; negative to remove (never below zero).")],
+    note: Annotated[str, typer.Option(help="Why, for the ledger.")] = "",
+) -> None:
+    """Add credits to an account, or remove them with a negative amount."""
+    admin = _admin(ctx)
+    reply: pb.GrantCreditsResponse = admin.call(
+        "GrantCredits", pb.GrantCreditsRequest(account=account, amount=amount, note=note)
+    )
+    data = {**_account(reply.account), "entry": _entry(reply.entry)}
+    admin.show(
+        data,
+        lambda: iter([f"{reply.entry.amount:+d} credits: {reply.account.email} has {reply.account.credits}"]),
+    )
+
+
+@app.command("ledger")
+def ledger(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account id or email.")],
+    limit: Annotated[int, typer.Option(help="Newest entries to show.", min=1, max=1000)] = 20,
+) -> None:
+    """An account's ledger, newest first."""
+    admin = _admin(ctx)
+    reply: pb.ListLedgerEntriesResponse = admin.call(
+        "ListLedgerEntries", pb.ListLedgerEntriesRequest(account=account, page_size=limit)
+    )
+
+    def lines() -> Iterator[str]:
+        for e in reply.entries:
+            yield (
+                f"{e.id:>8}  {_time(e.create_time)}  {_KINDS.get(e.kind, '?'):<8} {e.amount:>+8d}  "
+                f"balance {e.balance_after:<8d} {e.job_id}  {e.note}".rstrip()
+            )
+
+    admin.show([_entry(e) for e in reply.entries], lines)
+
+
+def _time(stamp: Timestamp) -> str | None:
+    if not stamp.seconds and not stamp.nanos:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
+
+
+def _account(a: resources_pb2.Account) -> dict[str, Any]:
+    return {
+        "account_id": a.id,
+        "email": a.email,
+        "credits": a.credits,
+        "reserved_credits": a.reserved_credits,
+        "create_time": _time(a.create_time),
+    }
+
+
+def _token(t: resources_pb2.ApiToken) -> dict[str, Any]:
+    return {
+        "token_id": t.id,
+        "account_id": t.account_id,
+        "label": t.label,
+        "prefix": t.prefix,
+        "create_time": _time(t.create_time),
+        "last_used_time": _time(t.last_used_time),
+        "revoke_time": _time(t.revoke_time),
+    }
+
+
+def _prefixed_token(t: resources_pb2.ApiToken) -> dict[str, Any]:
+    return {"token_id": t.id, "token_label": t.label, "token_prefix": t.prefix}
+
+
+def _entry(e: resources_pb2.LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "account_id": e.account_id,
+        "kind": _KINDS.get(e.kind, "unspecified"),
+        "amount": e.amount,
+        "balance_after": e.balance_after,
+        "job_id": e.job_id,
+        "note": e.note,
+        "create_time": _time(e.create_time),
+    }
+
+
+def _account_lines(a: resources_pb2.Account) -> Iterator[str]:
+    yield f"account   {a.id}"
+    yield f"email     {a.email}"
+    yield f"credits   {a.credits} (reserved {a.reserved_credits})"
+
+
+def _token_lines(tokens: Any) -> Iterator[str]:
+    for t in tokens:
+        state = "revoked" if t.HasField("revoke_time") else "active"
+        used = _time(t.last_used_time) or "never used"
+        yield f"token     {t.id}  {t.prefix}…  {t.label}  {state}  {used}"

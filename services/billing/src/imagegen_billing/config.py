@@ -1,0 +1,117 @@
+"""Billing's settings: one class, read once at start-up from ``IMAGEGEN_…`` variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from imagegen_common.settings import BaseServiceSettings, NatsSettings
+
+#: The shortest admin token billing accepts.
+ADMIN_TOKEN_MIN_CHARS = 24
+_PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace", "secret")
+
+
+class BillingSettings(BaseServiceSettings, NatsSettings):
+    billing_listen: str = Field("127.0.0.1:50051", description="gRPC listen address of billing (host:port).")
+    billing_ops_listen: str = Field(
+        "127.0.0.1:9101", description="Operations HTTP address of billing: `/metrics`, `/healthz`, `/readyz`."
+    )
+    database_url: str = Field(
+        "",
+        description=(
+            "Billing's database: `postgresql://user:pass@host/db` (also `postgres://`), or empty for "
+            "SQLite at `{data_dir}/billing.db`."
+        ),
+    )
+    database_auto_migrate: bool = Field(
+        True,
+        description=(
+            "Migrate the database to the latest schema when billing starts "
+            "(set false where a separate `imagegen billing migrate` job does it)."
+        ),
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="PostgreSQL connections billing keeps open."
+    )
+    database_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for one database statement, a pooled connection or a SQLite lock.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Bearer token of the admin API and `imagegen admin`: at least 24 random characters "
+            "(billing refuses to start without one)."
+        ),
+    )
+    catalog_path: Path | None = Field(
+        None, description="Model catalog (TOML) to serve instead of the built-in one."
+    )
+    billing_reservation_ttl_seconds: int = Field(
+        900,
+        ge=1,
+        description="Life of a reservation whose request names no expire time; the reaper releases it after.",
+    )
+    billing_reaper_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the reaper releases expired reservations."
+    )
+    billing_settlement_enabled: bool = Field(
+        True, description="Capture and release reservations from the job outcome events on NATS."
+    )
+    billing_shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long RPCs in flight may take to finish."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("billing_listen", "billing_ops_listen")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL of the database: the setting, or SQLite under the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'billing.db'}"
+
+
+def normalise_database_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` (what hosting providers hand out) become the asyncpg URL;
+    ``sqlite://`` becomes aiosqlite. Anything else is returned as given."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url.removeprefix(prefix)
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    return url
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why an admin token must not be used, or None when it is fit."""
+    if not token:
+        return "IMAGEGEN_ADMIN_TOKEN is not set"
+    lowered = token.lower()
+    if any(word in lowered for word in _PLACEHOLDER_WORDS) or len(set(token)) < 8:
+        return "IMAGEGEN_ADMIN_TOKEN is a placeholder"
+    if len(token) < ADMIN_TOKEN_MIN_CHARS:
+        return (
+            f"IMAGEGEN_ADMIN_TOKEN is too short ({len(token)} characters, at least {ADMIN_TOKEN_MIN_CHARS})"
+        )
+    return None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) into its parts; raises ValueError on anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, not {address!r}")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,114 @@
+"""The database engine and transactions, on SQLite or PostgreSQL.
+
+Writers never overdraw on either database: balances change through conditional UPDATEs
+(``… WHERE credits >= :n``) in one transaction with their ledger entries. On PostgreSQL concurrent
+writers serialise on the account's row lock. SQLite has a single writer per file: here every write
+transaction is taken by one coroutine at a time (an asyncio lock) and opens with ``BEGIN IMMEDIATE``,
+so it holds the write lock from its first statement and can never fail half-way with "database is
+locked"; ``busy_timeout`` covers other processes on the same file, and WAL keeps readers off the
+writer's way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+_BEGIN_OPTION = "imagegen_sqlite_begin"
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, pool_size: int = 10, timeout_seconds: float = 10.0) -> AsyncEngine:
+    """An async engine for a SQLAlchemy URL (``sqlite+aiosqlite`` or ``postgresql+asyncpg``).
+
+    A SQLite file's directory is created when missing.
+    """
+    parsed = make_url(url)
+    if is_sqlite(parsed):
+        return _sqlite_engine(parsed, timeout_seconds)
+    return create_async_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=timeout_seconds,
+        pool_pre_ping=True,
+        connect_args={"command_timeout": timeout_seconds, "timeout": timeout_seconds},
+    )
+
+
+def _sqlite_engine(url: URL, timeout_seconds: float) -> AsyncEngine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, pool_timeout=timeout_seconds, connect_args={"timeout": timeout_seconds})
+    busy_ms = int(timeout_seconds * 1000)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # A committed ledger entry must survive a power cut, not only a crash of the process.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+class Database:
+    """Transactions on one engine: ``read()`` for queries, ``write()`` for changes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self.sqlite else engine
+        self._write_lock = asyncio.Lock() if self.sqlite else None
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 10, timeout_seconds: float = 10.0) -> Database:
+        return cls(create_engine(url, pool_size=pool_size, timeout_seconds=timeout_seconds))
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction for queries (on SQLite a deferred one, which never waits for the writer)."""
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits when the block ends without an exception."""
+        if self._write_lock is None:
+            async with self._writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
+
+    async def ping(self, timeout_seconds: float = 5.0) -> bool:
+        """Whether the database answers within the timeout."""
+        try:
+            async with asyncio.timeout(timeout_seconds), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:  # any failure means "not reachable now"; the caller asks again later
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,139 @@
+"""Server interceptors: metrics, logs and error mapping of every RPC, and the admin token check."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+
+from imagegen_billing import metrics
+from imagegen_billing.domain import (
+    AlreadyExistsError,
+    BillingError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+from imagegen_common.catalog import CatalogError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+ADMIN_SERVICE = "imagegen.admin.v1.AdminService"
+_OUR_SERVICES = ("imagegen.billing.v1.BillingService", ADMIN_SERVICE)
+
+if TYPE_CHECKING:  # grpc's classes are not generic at run time
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+    Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CatalogError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+)
+
+
+def status_code(error: Exception) -> grpc.StatusCode:
+    """The gRPC status of a domain error (INTERNAL for anything unexpected)."""
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _split(method: str) -> tuple[str, str]:
+    """``/package.Service/Method`` into service and method."""
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def _wrap(handler: Handler, behaviour: Behaviour) -> Handler:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts and times every unary RPC of our services, logs it, and answers domain errors with their
+    status code and message (unexpected errors with INTERNAL and no detail)."""
+
+    # grpc-stubs leave out the None that grpc passes along for a method no servicer has.
+    async def intercept_service(  # type: ignore[override]
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        service, method = _split(handler_call_details.method)
+        if handler is None or handler.unary_unary is None or service not in _OUR_SERVICES:
+            return handler
+        inner: Behaviour = handler.unary_unary  # type: ignore[assignment]
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except grpc.aio.AbortError:
+                # Set by whoever aborted; grpc-stubs do not say it is None before that.
+                code = cast("grpc.StatusCode | None", context.code()) or grpc.StatusCode.UNKNOWN
+                raise
+            except (BillingError, CatalogError) as error:
+                code = status_code(error)
+                await context.abort(code, str(error))
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("rpc failed", extra={"service": service, "method": method})
+                await context.abort(code, "internal error")
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.RPC_REQUESTS.labels(service=service, method=method, code=code.name).inc()
+                metrics.RPC_DURATION.labels(service=service, method=method).observe(elapsed)
+                log.debug(
+                    "rpc",
+                    extra={
+                        "service": service,
+                        "method": method,
+                        "code": code.name,
+                        "ms": round(elapsed * 1e3, 2),
+                    },
+                )
+
+        return _wrap(handler, observed)
+
+
+class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses every AdminService call without ``authorization: Bearer <admin token>``."""
+
+    def __init__(self, admin_token: str) -> None:
+        self._expected = f"Bearer {admin_token}".encode()
+
+    # grpc-stubs leave out the None that grpc passes along for a method no servicer has.
+    async def intercept_service(  # type: ignore[override]
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        service, _ = _split(handler_call_details.method)
+        if handler is None or service != ADMIN_SERVICE or self._authorised(handler_call_details):
+            return handler
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid admin token")
+
+        return _wrap(handler, refuse)
+
+    def _authorised(self, details: grpc.HandlerCallDetails) -> bool:
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                presented = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(presented, self._expected)
+        return False

@@ -1,0 +1,362 @@
+"""The credit ledger in the database: reserve, capture, release and grant, each one transaction.
+
+A balance only changes through a conditional UPDATE that cannot take it below zero, in the same
+transaction as the ledger entry that records the change, so ``accounts.credits`` always equals the
+sum of the account's entries and concurrent reservations never overdraw. Every operation on a job is
+idempotent on its job id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imagegen_billing import metrics
+from imagegen_billing.accounts import account_by_alias
+from imagegen_billing.db import Database
+from imagegen_billing.domain import (
+    Account,
+    BatchSettlement,
+    EntryKind,
+    FailedPreconditionError,
+    InsufficientCreditsError,
+    InvalidArgumentError,
+    JobResult,
+    LedgerEntry,
+    NotFoundError,
+    Reservation,
+    ReservationState,
+    ReserveRequest,
+    Settlement,
+    check_batch,
+    check_grant,
+    check_repeat,
+    check_reserve_request,
+    clip,
+    clip_result,
+    release_reason,
+    settle_is_repeat,
+)
+from imagegen_billing.models import accounts, ledger_entries, reservations
+from imagegen_billing.store import (
+    ACCOUNT_COLUMNS,
+    append_entries,
+    append_entry,
+    entry_values,
+    now,
+    reservation_values,
+    result_values,
+    to_account,
+    to_entry,
+    to_reservation,
+)
+
+# The hot path's statements are built once and only bound per call: building and coercing SQLAlchemy
+# expressions costs more Python time than a round trip to the database.
+_TAKE = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("b_account"), accounts.c.credits >= bindparam("b_amount"))
+    .values(
+        credits=accounts.c.credits - bindparam("b_amount"),
+        reserved_credits=accounts.c.reserved_credits + bindparam("b_amount"),
+    )
+    .returning(accounts.c.credits)
+)
+_SETTLE_ACCOUNT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("b_account"))
+    .values(
+        credits=accounts.c.credits + bindparam("b_returned"),
+        reserved_credits=accounts.c.reserved_credits - bindparam("b_amount"),
+    )
+    .returning(accounts.c.credits)
+)
+_SETTLE_RESERVATION = (
+    update(reservations)
+    .where(reservations.c.job_id == bindparam("b_job"), reservations.c.state == ReservationState.HELD.value)
+    .returning(reservations)
+)
+_INSERT_RESERVATION = insert(reservations)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: A batch that races with another call on the same job ids is retried this many times.
+_BATCH_ATTEMPTS = 3
+
+
+class Ledger:
+    """Credits of accounts: reservations for jobs and grants by administrators."""
+
+    def __init__(self, db: Database, default_ttl: timedelta = timedelta(minutes=15)) -> None:
+        self.db = db
+        self.default_ttl = default_ttl
+
+    async def reserve(self, request: ReserveRequest) -> Settlement:
+        """Holds ``request.amount`` credits for a job.
+
+        Raises InsufficientCreditsError, NotFoundError (account), InvalidArgumentError, and
+        FailedPreconditionError when the job id holds a reservation for another account or amount.
+        """
+        check_reserve_request(request)
+        reservation = self._new_reservation(request, now())
+        try:
+            async with self.db.write() as conn:
+                credits = await _take(conn, request.account_id, request.amount)
+                if credits is None:
+                    return await _repeat_or_refuse(conn, request)
+                await conn.execute(_INSERT_RESERVATION, reservation_values(reservation))
+                await append_entries(conn, _reserve_entry(reservation, credits))
+        except IntegrityError:
+            # The job id has a reservation already (made by an earlier call, or one running right now).
+            async with self.db.read() as conn:
+                existing = await _reservation(conn, request.job_id)
+                if existing is None:
+                    raise
+                check_repeat(existing, request)
+                return Settlement(existing, await _credits(conn, request.account_id), changed=False)
+        metrics.reserved(request.amount)
+        return Settlement(reservation, credits, changed=True)
+
+    async def reserve_batch(self, requests: Sequence[ReserveRequest]) -> BatchSettlement:
+        """Holds credits for several jobs of one account: all of them or none.
+
+        Job ids that hold a matching reservation already are repeats and are returned as they are.
+        """
+        account_id = check_batch(requests)
+        for _ in range(_BATCH_ATTEMPTS - 1):
+            # Another call reserved one of the job ids meanwhile: look again, it is a repeat now.
+            with contextlib.suppress(IntegrityError):
+                return await self._reserve_batch_once(account_id, requests)
+        return await self._reserve_batch_once(account_id, requests)
+
+    async def _reserve_batch_once(
+        self, account_id: str, requests: Sequence[ReserveRequest]
+    ) -> BatchSettlement:
+        at = now()
+        async with self.db.write() as conn:
+            rows = await conn.execute(
+                select(reservations).where(reservations.c.job_id.in_([r.job_id for r in requests]))
+            )
+            existing = {row.job_id: to_reservation(row) for row in rows}
+            for request in requests:
+                if request.job_id in existing:
+                    check_repeat(existing[request.job_id], request)
+            new = [self._new_reservation(r, at) for r in requests if r.job_id not in existing]
+            total = sum(r.amount for r in new)
+            credits = await _take(conn, account_id, total) if new else await _credits(conn, account_id)
+            if credits is None:
+                raise InsufficientCreditsError(total, await _credits(conn, account_id))
+            if new:
+                await conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in new])
+                balance = credits + total
+                entries = []
+                for reservation in new:
+                    balance -= reservation.amount
+                    entries.append(_reserve_entry(reservation, balance))
+                await append_entries(conn, *entries)
+        if new:
+            metrics.reserved(total, count=len(new))
+        by_job = {**existing, **{r.job_id: r for r in new}}
+        return BatchSettlement([by_job[r.job_id] for r in requests], credits, created=new)
+
+    async def capture(self, job_id: str, result: JobResult | None = None) -> Settlement:
+        """Settles a held reservation as spent, keeping the job's result; a repeat returns the captured
+        reservation as it is.
+
+        Raises NotFoundError, and AlreadySettledError when the reservation was released.
+        """
+        return await self._settle(job_id, ReservationState.CAPTURED, "", result)
+
+    async def release(self, job_id: str, reason: str = "", result: JobResult | None = None) -> Settlement:
+        """Gives a held reservation's credits back, keeping why; a repeat returns the released
+        reservation as it is.
+
+        Raises NotFoundError, and AlreadySettledError when the reservation was captured.
+        """
+        return await self._settle(job_id, ReservationState.RELEASED, release_reason(reason), result)
+
+    async def mark_started(self, job_id: str, at: datetime) -> bool:
+        """Records when a generator first took the job; False when the job has no reservation."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(reservations)
+                .where(reservations.c.job_id == job_id, reservations.c.start_time.is_(None))
+                .values(start_time=at)
+            )
+            return await _reservation(conn, job_id) is not None
+
+    async def _settle(
+        self, job_id: str, target: ReservationState, reason: str, result: JobResult | None
+    ) -> Settlement:
+        if not job_id:
+            raise InvalidArgumentError("job_id is required")
+        at = now()
+        values: dict[str, object] = {"state": target.value, "settle_time": at, "release_reason": reason}
+        if result is not None:
+            values.update(result_values(clip_result(result)))
+        async with self.db.write() as conn:
+            row = (await conn.execute(_SETTLE_RESERVATION, {"b_job": job_id, **values})).first()
+            if row is None:
+                existing = await _reservation(conn, job_id)
+                if existing is None:
+                    raise NotFoundError(f"no reservation for job {job_id}")
+                settle_is_repeat(existing, target)
+                return Settlement(existing, await _credits(conn, existing.account_id), changed=False)
+            reservation = to_reservation(row)
+            returned = reservation.amount if target is ReservationState.RELEASED else 0
+            credits = await conn.scalar(
+                _SETTLE_ACCOUNT,
+                {"b_account": reservation.account_id, "b_returned": returned, "b_amount": reservation.amount},
+            )
+            assert credits is not None  # the foreign key keeps the account
+            kind = EntryKind.RELEASE if target is ReservationState.RELEASED else EntryKind.CAPTURE
+            await append_entries(
+                conn,
+                entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=reason),
+            )
+        if target is ReservationState.RELEASED:
+            metrics.released(reservation.amount, reason)
+        else:
+            metrics.captured(reservation.amount)
+        return Settlement(reservation, credits, changed=True)
+
+    async def grant(self, alias: str, amount: int, note: str = "") -> tuple[Account, LedgerEntry]:
+        """Adds credits to an account (positive amount) or removes them (negative, never below zero)."""
+        kind = check_grant(amount)
+        at = now()
+        async with self.db.write() as conn:
+            account = await account_by_alias(conn, alias)
+            query = update(accounts).where(accounts.c.id == account.id)
+            if amount < 0:
+                query = query.where(accounts.c.credits >= -amount)
+            row = (
+                await conn.execute(
+                    query.values(credits=accounts.c.credits + amount).returning(*ACCOUNT_COLUMNS)
+                )
+            ).first()
+            if row is None:
+                raise FailedPreconditionError(
+                    f"cannot remove {-amount} credits: the account has {await _credits(conn, account.id)}"
+                )
+            entry = await append_entry(
+                conn,
+                account_id=account.id,
+                kind=kind,
+                amount=amount,
+                balance_after=row.credits,
+                at=at,
+                note=clip(note),
+            )
+        return to_account(row), entry
+
+    async def entries(
+        self, alias: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[LedgerEntry], str]:
+        """An account's ledger entries, newest first, and the token of the next page."""
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        async with self.db.read() as conn:
+            account = await account_by_alias(conn, alias)
+            query = (
+                select(ledger_entries)
+                .where(ledger_entries.c.account_id == account.id)
+                .order_by(ledger_entries.c.id.desc())
+                .limit(size + 1)
+            )
+            if page_token:
+                query = query.where(ledger_entries.c.id < _decode_entry_token(page_token))
+            rows = (await conn.execute(query)).all()
+        page = [to_entry(row) for row in rows[:size]]
+        return page, (str(page[-1].id) if len(rows) > size else "")
+
+    async def reservation(self, job_id: str) -> Reservation:
+        async with self.db.read() as conn:
+            found = await _reservation(conn, job_id)
+        if found is None:
+            raise NotFoundError(f"no reservation for job {job_id}")
+        return found
+
+    async def expired_job_ids(self, at: datetime, limit: int = 100) -> list[str]:
+        """Job ids of held reservations whose expire time has passed, oldest first."""
+        query = (
+            select(reservations.c.job_id)
+            .where(reservations.c.state == ReservationState.HELD.value, reservations.c.expire_time <= at)
+            .order_by(reservations.c.expire_time)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return list((await conn.scalars(query)).all())
+
+    async def open_reservations(self) -> int:
+        query = select(func.count()).where(reservations.c.state == ReservationState.HELD.value)
+        async with self.db.read() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    def _new_reservation(self, request: ReserveRequest, at: datetime) -> Reservation:
+        return Reservation(
+            job_id=request.job_id,
+            account_id=request.account_id,
+            amount=request.amount,
+            state=ReservationState.HELD,
+            create_time=at,
+            expire_time=request.expire_time or at + self.default_ttl,
+            settle_time=None,
+            details=replace(
+                request.details,
+                model=clip(request.details.model),
+                request_fingerprint=request.details.request_fingerprint[:128],
+            ),
+            release_reason="",
+        )
+
+
+async def _take(conn: AsyncConnection, account_id: str, amount: int) -> int | None:
+    """Moves ``amount`` credits from the balance to held, unless the balance is short; returns the new
+    balance, or None when the account is short of credits or does not exist."""
+    credits: int | None = await conn.scalar(_TAKE, {"b_account": account_id, "b_amount": amount})
+    return credits
+
+
+async def _repeat_or_refuse(conn: AsyncConnection, request: ReserveRequest) -> Settlement:
+    """A Reserve that could not take its credits: a repeat of an earlier one, or refused."""
+    existing = await _reservation(conn, request.job_id)
+    if existing is not None:
+        check_repeat(existing, request)
+    credits = await _credits(conn, request.account_id)
+    if existing is not None:
+        return Settlement(existing, credits, changed=False)
+    raise InsufficientCreditsError(request.amount, credits)
+
+
+async def _credits(conn: AsyncConnection, account_id: str) -> int:
+    credits = await conn.scalar(select(accounts.c.credits).where(accounts.c.id == account_id))
+    if credits is None:
+        raise NotFoundError(f"no account {account_id!r}")
+    return int(credits)
+
+
+async def _reservation(conn: AsyncConnection, job_id: str) -> Reservation | None:
+    row = (await conn.execute(select(reservations).where(reservations.c.job_id == job_id))).first()
+    return to_reservation(row) if row else None
+
+
+def _reserve_entry(reservation: Reservation, balance_after: int) -> dict[str, object]:
+    return entry_values(
+        reservation.account_id,
+        EntryKind.RESERVE,
+        -reservation.amount,
+        balance_after,
+        reservation.create_time,
+        job_id=reservation.job_id,
+    )
+
+
+def _decode_entry_token(token: str) -> int:
+    if not token.isdigit():
+        raise InvalidArgumentError("invalid page_token")
+    return int(token)

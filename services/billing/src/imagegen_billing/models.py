@@ -1,0 +1,138 @@
+"""Billing's tables. The Alembic migrations create exactly this schema (a test compares them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import cast
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so that migrations can name what they alter.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every database. SQLite keeps naive UTC text."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class AccountRow(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("credits >= 0", name="credits_not_negative"),
+        CheckConstraint("reserved_credits >= 0", name="reserved_not_negative"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    # Always the sum of the account's ledger entries; changed in the same transaction as they are.
+    credits: Mapped[int] = mapped_column(BigInteger)
+    # Sum of the account's held reservations (already taken off `credits`).
+    reserved_credits: Mapped[int] = mapped_column(BigInteger)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ApiTokenRow(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ReservationRow(Base):
+    __tablename__ = "reservations"
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        # The reaper's query: held reservations by expire time.
+        Index("ix_reservations_state_expire_time", "state", "expire_time"),
+        Index("ix_reservations_account_id_state", "account_id", "state"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    settle_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    model: Mapped[str] = mapped_column(String(128))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    request_fingerprint: Mapped[str] = mapped_column(String(128))
+    release_reason: Mapped[str] = mapped_column(String(200))
+    start_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # How the job ended (JobResult), set when the reservation settles.
+    result_image_url: Mapped[str] = mapped_column(String(2048))
+    result_mime_type: Mapped[str] = mapped_column(String(200))
+    result_width: Mapped[int] = mapped_column(Integer)
+    result_height: Mapped[int] = mapped_column(Integer)
+    result_error_code: Mapped[str] = mapped_column(String(200))
+    result_error_message: Mapped[str] = mapped_column(String(1000))
+    result_finish_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class LedgerEntryRow(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_account_id_id", "account_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(String(200))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+accounts = cast(Table, AccountRow.__table__)
+api_tokens = cast(Table, ApiTokenRow.__table__)
+reservations = cast(Table, ReservationRow.__table__)
+ledger_entries = cast(Table, LedgerEntryRow.__table__)

@@ -1,0 +1,179 @@
+"""Billing's process: the gRPC server (billing, admin, health, reflection), the reaper, the settlement
+consumer and the operations port, started and stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen_billing import migrate
+from imagegen_billing.accounts import Accounts
+from imagegen_billing.admin_servicer import AdminServicer
+from imagegen_billing.config import BillingSettings, split_host_port
+from imagegen_billing.db import Database
+from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
+from imagegen_billing.ledger import Ledger
+from imagegen_billing.reaper import run_reaper
+from imagegen_billing.servicer import BillingServicer
+from imagegen_billing.settlement import SettlementConsumer
+from imagegen_common.catalog import load_catalog
+from imagegen_common.ops_http import serving_ops
+
+log = logging.getLogger(__name__)
+
+BILLING_SERVICE = billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+#: How often the database is probed for the health status.
+HEALTH_PROBE_SECONDS = 5.0
+
+
+class BillingServer:
+    """One billing server. ``start()`` returns once it listens; ``stop()`` drains and closes it."""
+
+    def __init__(self, settings: BillingSettings) -> None:
+        self.settings = settings
+        self.database_url = settings.resolved_database_url()
+        self.db = Database.from_url(
+            self.database_url,
+            pool_size=settings.database_pool_size,
+            timeout_seconds=settings.database_timeout_seconds,
+        )
+        self.accounts = Accounts(self.db)
+        self.ledger = Ledger(self.db, timedelta(seconds=settings.billing_reservation_ttl_seconds))
+        self.health = health_aio.HealthServicer()
+        self.settlement = (
+            SettlementConsumer(
+                self.ledger,
+                settings.nats_url,
+                stream_replicas=settings.nats_stream_replicas,
+                connect_timeout_seconds=settings.nats_connect_timeout_seconds,
+                graceful_timeout_seconds=settings.billing_shutdown_grace_seconds,
+            )
+            if settings.billing_settlement_enabled
+            else None
+        )
+        self.grpc_server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.settings.database_auto_migrate:
+            await migrate.upgrade_async(self.database_url)
+        catalog = load_catalog(self.settings.catalog_path)
+        server = grpc.aio.server(
+            interceptors=[
+                ObservingInterceptor(),
+                AdminAuthInterceptor(self.settings.admin_token.get_secret_value()),
+            ]
+        )
+        billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
+            BillingServicer(self.accounts, self.ledger, catalog), server
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.accounts, self.ledger), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                BILLING_SERVICE,
+                ADMIN_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        for service in ("", BILLING_SERVICE, ADMIN_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = server.add_insecure_port(self.settings.billing_listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.settings.billing_listen}")
+        await server.start()
+        self.grpc_server = server
+        self._tasks = [
+            asyncio.create_task(self._watch_database(), name="health"),
+            asyncio.create_task(
+                run_reaper(self.ledger, self.settings.billing_reaper_interval_seconds), name="reaper"
+            ),
+        ]
+        if self.settlement is not None:
+            self.settlement.start()
+        log.info(
+            "billing listening",
+            extra={
+                "listen": self.settings.billing_listen,
+                "database": self.db.engine.dialect.name,
+                "settlement": self.settlement is not None,
+            },
+        )
+
+    async def _watch_database(self) -> None:
+        serving: bool | None = None
+        while True:
+            ok = await self.db.ping(self.settings.database_timeout_seconds)
+            if ok != serving:
+                serving = ok
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for service in ("", BILLING_SERVICE, ADMIN_SERVICE):
+                    await self.health.set(service, status)
+                log.log(
+                    logging.INFO if ok else logging.WARNING,
+                    "database reachable" if ok else "database unreachable",
+                )
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"database": await self.db.ping(self.settings.database_timeout_seconds)}
+
+    async def stop(self) -> None:
+        """NOT_SERVING, then stop taking outcomes, finish RPCs in flight (up to the grace period), stop the
+        reaper and close the database."""
+        await self.health.enter_graceful_shutdown()
+        if self.settlement is not None:
+            try:
+                await self.settlement.stop()
+            except Exception:  # whatever NATS does, the RPCs in flight still get their grace period
+                log.exception("settlement consumer did not stop cleanly")
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.billing_shutdown_grace_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.db.close()
+
+
+async def serve(settings: BillingSettings) -> None:
+    """Runs billing until SIGTERM or SIGINT, then shuts it down gracefully."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    server = BillingServer(settings)
+    host, port = split_host_port(settings.billing_ops_listen)
+    try:
+        async with serving_ops(host, port, server.readiness):
+            try:
+                await server.start()
+                await stopping.wait()
+                log.info("billing stopping")
+            finally:
+                await server.stop()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("billing stopped")

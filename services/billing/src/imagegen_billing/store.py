@@ -1,0 +1,179 @@
+"""Rows to domain records, and the one way a ledger entry is written."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imagegen_billing.domain import (
+    Account,
+    ApiToken,
+    EntryKind,
+    JobDetails,
+    JobResult,
+    LedgerEntry,
+    Reservation,
+    ReservationState,
+)
+from imagegen_billing.models import accounts, api_tokens, ledger_entries
+
+ACCOUNT_COLUMNS = (
+    accounts.c.id,
+    accounts.c.email,
+    accounts.c.credits,
+    accounts.c.reserved_credits,
+    accounts.c.create_time,
+)
+TOKEN_COLUMNS = (
+    api_tokens.c.id,
+    api_tokens.c.account_id,
+    api_tokens.c.label,
+    api_tokens.c.prefix,
+    api_tokens.c.create_time,
+    api_tokens.c.last_used_time,
+    api_tokens.c.revoke_time,
+)
+
+
+#: A result row of any shape.
+AnyRow = Row[*tuple[Any, ...]]
+
+
+_INSERT_ENTRY = insert(ledger_entries)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_account(row: AnyRow) -> Account:
+    return Account(
+        id=row.id,
+        email=row.email,
+        credits=row.credits,
+        reserved_credits=row.reserved_credits,
+        create_time=row.create_time,
+    )
+
+
+def to_token(row: AnyRow) -> ApiToken:
+    return ApiToken(
+        id=row.id,
+        account_id=row.account_id,
+        label=row.label,
+        prefix=row.prefix,
+        create_time=row.create_time,
+        last_used_time=row.last_used_time,
+        revoke_time=row.revoke_time,
+    )
+
+
+def to_reservation(row: AnyRow) -> Reservation:
+    return Reservation(
+        job_id=row.job_id,
+        account_id=row.account_id,
+        amount=row.amount,
+        state=ReservationState(row.state),
+        create_time=row.create_time,
+        expire_time=row.expire_time,
+        settle_time=row.settle_time,
+        details=JobDetails(
+            model=row.model,
+            width=row.width,
+            height=row.height,
+            request_fingerprint=row.request_fingerprint,
+        ),
+        release_reason=row.release_reason,
+        result=JobResult(
+            image_url=row.result_image_url,
+            mime_type=row.result_mime_type,
+            width=row.result_width,
+            height=row.result_height,
+            error_code=row.result_error_code,
+            error_message=row.result_error_message,
+            finish_time=row.result_finish_time,
+        ),
+        start_time=row.start_time,
+    )
+
+
+def to_entry(row: AnyRow) -> LedgerEntry:
+    return LedgerEntry(
+        id=row.id,
+        account_id=row.account_id,
+        kind=EntryKind(row.kind),
+        amount=row.amount,
+        balance_after=row.balance_after,
+        job_id=row.job_id or "",
+        note=row.note,
+        create_time=row.create_time,
+    )
+
+
+def reservation_values(reservation: Reservation) -> dict[str, Any]:
+    return {
+        "job_id": reservation.job_id,
+        "account_id": reservation.account_id,
+        "amount": reservation.amount,
+        "state": reservation.state.value,
+        "create_time": reservation.create_time,
+        "expire_time": reservation.expire_time,
+        "settle_time": reservation.settle_time,
+        "model": reservation.details.model,
+        "width": reservation.details.width,
+        "height": reservation.details.height,
+        "request_fingerprint": reservation.details.request_fingerprint,
+        "release_reason": reservation.release_reason,
+        "start_time": reservation.start_time,
+        **result_values(reservation.result),
+    }
+
+
+def result_values(result: JobResult) -> dict[str, Any]:
+    return {
+        "result_image_url": result.image_url,
+        "result_mime_type": result.mime_type,
+        "result_width": result.width,
+        "result_height": result.height,
+        "result_error_code": result.error_code,
+        "result_error_message": result.error_message,
+        "result_finish_time": result.finish_time,
+    }
+
+
+def entry_values(
+    account_id: str,
+    kind: EntryKind,
+    amount: int,
+    balance_after: int,
+    at: datetime,
+    *,
+    job_id: str | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    return {
+        "account_id": account_id,
+        "kind": kind.value,
+        "amount": amount,
+        "balance_after": balance_after,
+        "job_id": job_id,
+        "note": note,
+        "create_time": at,
+    }
+
+
+async def append_entries(conn: AsyncConnection, *entries: dict[str, Any]) -> None:
+    """Appends ledger entries (built by ``entry_values``) in the caller's transaction."""
+    if entries:
+        await conn.execute(_INSERT_ENTRY, entries[0] if len(entries) == 1 else list(entries))
+
+
+async def append_entry(conn: AsyncConnection, **values: Any) -> LedgerEntry:
+    """Appends one ledger entry and returns it with its id."""
+    row = (
+        await conn.execute(insert(ledger_entries).values(entry_values(**values)).returning(ledger_entries))
+    ).one()
+    return to_entry(row)
