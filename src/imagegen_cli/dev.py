@@ -64,32 +64,49 @@ def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
 
 
 class Stack:
-    """The child processes of the dev stack, each started once ready, stopped in reverse order."""
+    """The child processes of a stack, each started once ready, stopped in reverse order.
 
-    def __init__(self, data: Path, env: dict[str, str]) -> None:
+    ``imagegen dev`` runs one with the children's output on its own; the end-to-end tests run
+    others with each child's output in ``log_dir``.
+    """
+
+    def __init__(
+        self, data: Path, env: dict[str, str], log_dir: Path | None = None, preferred_ports: bool = True
+    ) -> None:
         self.data = data
         self.env = env
+        self.log_dir = log_dir
+        self.preferred_ports = preferred_ports
         self.children: list[ChildProcess] = []
         self.stopping = False
 
-    def start(self, name: str, command: list[str], ready: ReadyCheck, **env: str) -> None:
-        child = ChildProcess(name, command, {**self.env, **env}).start()
+    def start(self, name: str, command: list[str], ready: ReadyCheck, **env: str) -> ChildProcess:
+        log_path = self.log_dir / f"{name}.log" if self.log_dir else None
+        child = ChildProcess(name, command, {**self.env, **env}, log_path=log_path).start()
         self.children.append(child)
         child.wait_ready(ready, timeout=60)
+        return child
+
+    def port(self, preferred: int) -> int:
+        """The well-known port when free (a developer's stack), any free one otherwise (tests)."""
+        return port_or_free(preferred if self.preferred_ports else 0)
+
+    def child(self, name: str) -> ChildProcess:
+        return next(c for c in self.children if c.name == name)
 
     def start_nats(self) -> str:
         nats_url = os.environ.get("IMAGEGEN_NATS_URL")
         if not nats_url:
-            port = port_or_free(4222)
+            port = self.port(4222)
             nats_url = f"nats://127.0.0.1:{port}"
             self.start("nats", embedded_nats_command(port, self.data / "nats"), tcp_open(port))
         self.env["IMAGEGEN_NATS_URL"] = nats_url
         return nats_url
 
     def start_billing(self) -> str:
-        address = f"127.0.0.1:{port_or_free(50051)}"
+        address = f"127.0.0.1:{self.port(50051)}"
         self.env["IMAGEGEN_BILLING_ADDRESS"] = address
-        ops = f"127.0.0.1:{port_or_free(9101)}"
+        ops = f"127.0.0.1:{self.port(9101)}"
         self.start(
             "billing",
             imagegen_command("billing"),
@@ -99,14 +116,19 @@ class Stack:
         )
         return address
 
-    def start_generator(self) -> None:
-        ops = f"127.0.0.1:{port_or_free(9102)}"
+    def start_generator(self, name: str = "generator", **env: str) -> ChildProcess:
+        ops = f"127.0.0.1:{self.port(9102)}"
         ready = http_ok(f"http://{ops}/readyz")
-        self.start("generator", imagegen_command("generator"), ready, IMAGEGEN_GENERATOR_OPS_LISTEN=ops)
+        return self.start(
+            name, imagegen_command("generator"), ready, IMAGEGEN_GENERATOR_OPS_LISTEN=ops, **env
+        )
 
-    def start_gateway(self, host: str, port: int) -> None:
+    def start_gateway(self, host: str, port: int, **env: str) -> ChildProcess:
         ready = http_ok(f"http://127.0.0.1:{port}/readyz")
-        self.start("gateway", imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=f"{host}:{port}")
+        listen = f"{host}:{port}"
+        return self.start(
+            "gateway", imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=listen, **env
+        )
 
     def dead_child(self) -> ChildProcess | None:
         return next((c for c in self.children if not c.alive()), None)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagegen_testing import postgres
+from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.nats_server import NatsServer
 
 
@@ -17,6 +18,14 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream for one test (stop/start it to inject faults)."""
     with NatsServer(store_dir=tmp_path / "nats") as server:
         yield server
+
+
+@pytest.fixture
+def fake_replicate() -> Iterator[FakeReplicate]:
+    """A fake Replicate API on a free port, for one test: point the client at ``fake.url`` with
+    ``fake.token``; set ``fake.behaviour``; read ``fake.requests`` / ``fake.creates`` / ``fake.cancels``."""
+    with FakeReplicate() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import typer
-import uvicorn
-
-from imagegen_common.logging import configure_logging
-from imagegen_gateway.app import create_app
-from imagegen_gateway.config import GatewaySettings
 
 app = typer.Typer(help="Run the gateway service (MCP at /api/mcp, REST under /api).", no_args_is_help=False)
 
@@ -17,6 +12,13 @@ def serve(ctx: typer.Context) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish (up to the drain timeout)."""
     if ctx.invoked_subcommand is not None:
         return
+    # imported here, so that `imagegen <other command>` does not pay for the web stack
+    import uvicorn
+
+    from imagegen_common.logging import configure_logging
+    from imagegen_gateway.app import create_app
+    from imagegen_gateway.config import GatewaySettings
+
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
     host, port = settings.listen

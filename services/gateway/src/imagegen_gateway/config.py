@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from imagegen_common.images import ImageStorageSettings
 from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings
 
 
@@ -17,7 +18,7 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings):
+class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings, ImageStorageSettings):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")
     billing_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one gRPC call to billing.")

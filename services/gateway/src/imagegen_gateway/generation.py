@@ -35,6 +35,7 @@ from imagegen_gateway.errors import (
     ServiceUnavailableError,
 )
 from imagegen_gateway.jobs import JobBus
+from imagegen_gateway.metrics import GENERATION_WAIT, WAITS_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +226,18 @@ class Generations:
         request: ImageRequest,
         on_progress: ProgressCallback | None = None,
         idempotency_key: str | None = None,
+        frontend: str = "mcp",
     ) -> DeliveredImage:
         """Makes one image and waits for it. Raises a GatewayError that costs nothing on failure,
         timeout or cancellation — unless the image was made before the client gave up."""
         job_id = idempotent_job_id(principal.account_id, idempotency_key) if idempotency_key else new_job_id()
         with self.bus.watch(job_id) as updates:
             [submission] = await self.submit(principal, request, [job_id])
+            started = time.perf_counter()
             try:
-                result = await self._wait(submission, updates, on_progress)
+                with WAITS_IN_FLIGHT.track_inprogress():
+                    result = await self._wait(submission, updates, on_progress)
+                GENERATION_WAIT.labels(frontend=frontend).observe(time.perf_counter() - started)
             except GenerationTimeoutError:
                 made_anyway = await self._abandon(submission, "timeout")
                 if made_anyway is None:

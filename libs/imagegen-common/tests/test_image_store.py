@@ -1,0 +1,145 @@
+"""Image storage: names and URLs, the NATS object store on a real nats-server, S3 against moto's
+server (a real HTTP S3 fake)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+
+import aioboto3
+import nats
+import pytest
+from moto.server import ThreadedMotoServer
+
+from imagegen_common.ids import new_job_id
+from imagegen_common.images import (
+    ImageStorageSettings,
+    ImageStore,
+    InvalidImageName,
+    image_filename,
+    image_url,
+    open_image_store,
+    parse_image_filename,
+    parse_image_url,
+)
+from imagegen_testing.nats_server import NatsServer
+from imagegen_testing.net import free_port
+
+BASE = "https://img.example.com"
+
+
+def test_filenames_and_urls() -> None:
+    image_id = new_job_id()
+    assert image_filename(image_id, "image/png") == f"{image_id}.png"
+    assert image_filename(image_id, "image/webp") == f"{image_id}.webp"
+    assert parse_image_filename(f"{image_id}.webp") == (image_id, "image/webp")
+    url = image_url(BASE + "/", f"{image_id}.png")
+    assert url == f"{BASE}/images/{image_id}.png"
+    assert parse_image_url(url, BASE) == f"{image_id}.png"
+    assert parse_image_url(f"https://img.example.com:443/images/{image_id}.png", BASE) == f"{image_id}.png"
+    assert parse_image_url(f"http://img.example.com/images/{image_id}.png", BASE) is None
+    assert parse_image_url(f"https://evil.example.com/images/{image_id}.png", BASE) is None
+    assert parse_image_url(f"{BASE}/images/{image_id}.png?x=1", BASE) is None
+    assert parse_image_url(f"{BASE}/images/../{image_id}.png", BASE) is None
+    assert parse_image_url(f"{BASE}/prefix/images/{image_id}.png", BASE + "/prefix") == f"{image_id}.png"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../img_aaaaaaaaaaaaaaaaaaaaaaaaaa.png",
+        "img_aaaaaaaaaaaaaaaaaaaaaaaaaa.png/..",
+        "img_aaaaaaaaaaaaaaaaaaaaaaaaaa.jpg",
+        "img_aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "IMG_AAAAAAAAAAAAAAAAAAAAAAAAAA.png",
+        "img_aaaaaaaaaaaaaaaaaaaaaaaaaa.png%00",
+        "img_aaaa%2Faaaaaaaaaaaaaaaaaaaaaa.png",
+        "img_aaaaaaaaaaaaaaaaaaaaaaaaaa.png\n",
+        "/etc/passwd",
+        "",
+    ],
+)
+def test_names_that_are_not_ours_are_refused(name: str) -> None:
+    with pytest.raises(InvalidImageName):
+        parse_image_filename(name)
+
+
+def test_s3_needs_a_bucket() -> None:
+    with pytest.raises(ValueError, match="IMAGEGEN_S3_BUCKET"):
+        ImageStorageSettings(storage_backend="s3")
+
+
+async def check_store(store: ImageStore) -> None:
+    image_id = new_job_id()
+    data = b"\x89PNG fake image bytes " * 1000
+    stored = await store.put(image_id, data, "image/png")
+    assert (stored.image_id, stored.filename, stored.size_bytes) == (image_id, f"{image_id}.png", len(data))
+    assert stored.etag.startswith('"') and stored.etag.endswith('"')
+
+    found = await store.get(f"{image_id}.png")
+    assert found is not None
+    assert found.data == data
+    assert found.info == stored
+    assert await store.get(f"{image_id}.webp") is None  # another format: another file
+    assert await store.get(f"{new_job_id()}.png") is None
+    with pytest.raises(InvalidImageName):
+        await store.get("../secrets.png")
+    with pytest.raises(InvalidImageName):
+        await store.put("../x", data, "image/png")
+
+    other = await store.put(new_job_id(), data + b"!", "image/png")
+    assert other.etag != stored.etag
+    again = await store.put(image_id, data, "image/png")  # a redelivered job stores the same image again
+    assert again.etag == stored.etag
+    assert await store.ready()
+
+
+async def test_nats_object_store(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with open_image_store(ImageStorageSettings(), nc) as store:
+            await check_store(store)
+            big = hashlib.sha256(b"seed").digest() * 40_000  # 1.28 MB: several chunks
+            await store.put("img_bbbbbbbbbbbbbbbbbbbbbbbbbb", big, "image/webp")
+            found = await store.get("img_bbbbbbbbbbbbbbbbbbbbbbbbbb.webp")
+            assert found is not None
+            assert found.data == big
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def moto_s3() -> Iterator[str]:
+    """moto's S3 server on a free port; yields its endpoint URL."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+async def s3_settings(moto_s3: str) -> AsyncIterator[ImageStorageSettings]:
+    settings = ImageStorageSettings(
+        storage_backend="s3",
+        s3_bucket="imagegen-test",
+        s3_endpoint_url=moto_s3,
+        s3_region="us-east-1",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
+    session = aioboto3.Session()
+    async with session.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ) as client:
+        await client.create_bucket(Bucket="imagegen-test")
+    yield settings
+
+
+async def test_s3_store(s3_settings: ImageStorageSettings) -> None:
+    async with open_image_store(s3_settings, None) as store:
+        await check_store(store)

@@ -1,0 +1,1 @@
+"""Model providers: Replicate, and a local Pillow drawer for development and benchmarks."""

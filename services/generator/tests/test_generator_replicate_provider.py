@@ -1,0 +1,218 @@
+"""The Replicate provider with the real `replicate` client against the fake Replicate over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from imagegen_common.catalog import load_catalog
+from imagegen_generator import errors
+from imagegen_generator.providers.base import GenerationRequest
+from imagegen_generator.providers.replicate import (
+    ReplicateOptions,
+    ReplicateProvider,
+    classify_failure,
+    first_output_url,
+    parse_retry_after,
+)
+from imagegen_testing.fake_replicate import FakeReplicate
+from imagegen_testing.jobs import wait_until
+
+CATALOG = load_catalog()
+
+
+@pytest.fixture
+async def provider(fake_replicate: FakeReplicate) -> AsyncIterator[ReplicateProvider]:
+    provider = ReplicateProvider(
+        ReplicateOptions(
+            api_token=fake_replicate.token,
+            base_url=fake_replicate.url,
+            wait_seconds=5,
+            poll_interval_seconds=0.05,
+            max_retries=3,
+            retry_initial_seconds=0.05,
+            retry_max_seconds=2.0,
+        )
+    )
+    yield provider
+    await provider.aclose()
+
+
+def request(
+    model: str = "flux-schnell", width: int = 1024, height: int = 576, **extra: Any
+) -> GenerationRequest:
+    return GenerationRequest(
+        job_id="img_test", model=CATALOG.get(model), prompt="a red fox", width=width, height=height, **extra
+    )
+
+
+def retries(reason: str) -> float:
+    value = REGISTRY.get_sample_value("imagegen_generator_provider_retries_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_official_model_prediction_with_prefer_wait(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    output = await provider.generate(request())
+    with Image.open(io.BytesIO(output.data)) as image:
+        assert image.size == (1024, 576)
+    (create,) = fake_replicate.creates
+    assert create.path == "/v1/models/black-forest-labs/flux-schnell/predictions"
+    assert create.headers["prefer"] == "wait=5"
+    assert create.headers["authorization"] == f"Bearer {fake_replicate.token}"
+    assert create.input == {
+        "output_format": "png",
+        "num_outputs": 1,
+        "prompt": "a red fox",
+        "aspect_ratio": "16:9",
+    }
+    # The output file is fetched without our token: it lives on another host in production.
+    (download,) = fake_replicate.recorded("GET", "/files/")
+    assert "authorization" not in download.headers
+
+
+async def test_versioned_model_is_created_by_version(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    await provider.generate(request("sdxl", 1024, 1024))
+    (create,) = fake_replicate.creates
+    assert create.path == "/v1/predictions"
+    assert create.body["version"] == CATALOG.get("sdxl").replicate.version
+
+
+async def test_a_slow_prediction_is_polled_after_the_wait(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.delay_seconds = 1.5
+    deadline = time.time() + 1.2  # the create holds at most 1 s: then polling takes over
+    output = await provider.generate(request(deadline=deadline + 60))
+    assert output.data
+    output = await provider.generate(request(deadline=deadline))
+    assert fake_replicate.creates[-1].headers["prefer"] == "wait=1"
+    assert len(fake_replicate.recorded("GET", "/v1/predictions/")) >= 1
+
+
+async def test_429_with_retry_after_is_retried(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    before = retries("rate_limited")
+    fake_replicate.behaviour.create_failures = [(429, "1"), (429, "0")]
+    await provider.generate(request())
+    assert len(fake_replicate.creates) == 3
+    assert retries("rate_limited") == before + 2
+
+
+async def test_5xx_on_create_and_on_poll_are_retried(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    before = retries("server_error")
+    fake_replicate.behaviour.delay_seconds = 2.0  # longer than the 1 s wait: polled
+    fake_replicate.behaviour.create_failures = [(500, None), (502, None)]
+    fake_replicate.behaviour.get_failures = [(500, None)]
+    await provider.generate(request(deadline=time.time() + 1.5))
+    assert len(fake_replicate.creates) == 3
+    assert retries("server_error") >= before + 3
+
+
+async def test_persistent_5xx_is_provider_unavailable(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.create_failures = [(503, None)] * 10
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        await provider.generate(request())
+    assert caught.value.retryable
+    assert len(fake_replicate.creates) == 4  # 1 + max_retries
+
+
+async def test_unreachable_provider_is_provider_unavailable(fake_replicate: FakeReplicate) -> None:
+    provider = ReplicateProvider(
+        ReplicateOptions(
+            api_token="x", base_url="http://127.0.0.1:9", max_retries=1, retry_initial_seconds=0.01
+        )
+    )
+    try:
+        with pytest.raises(errors.ProviderUnavailable, match="could not be reached"):
+            await provider.generate(request())
+    finally:
+        await provider.aclose()
+
+
+async def test_nsfw_is_content_rejected(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
+    fake_replicate.behaviour.fail_error = (
+        "NSFW content detected. Try running it again, or try a different prompt."
+    )
+    with pytest.raises(errors.ContentRejected):
+        await provider.generate(request())
+
+
+async def test_model_failure_is_provider_error_without_upstream_details(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.fail_error = (
+        "Traceback (most recent call last): CUDA out of memory at /src/predict.py"
+    )
+    with pytest.raises(errors.ProviderError) as caught:
+        await provider.generate(request())
+    assert "Traceback" not in caught.value.message
+    assert "/src" not in caught.value.message
+
+
+async def test_invalid_input_422_is_invalid_input(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.reject_input = "- input.aspect_ratio: aspect_ratio must be one of the following"
+    with pytest.raises(errors.InvalidInput, match="aspect_ratio must be one of"):
+        await provider.generate(request())
+    assert len(fake_replicate.creates) == 1
+
+
+async def test_a_wrong_token_is_not_retried(fake_replicate: FakeReplicate) -> None:
+    provider = ReplicateProvider(ReplicateOptions(api_token="wrong", base_url=fake_replicate.url))
+    try:
+        with pytest.raises(errors.ProviderUnavailable) as caught:
+            await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert not caught.value.retryable
+    assert len(fake_replicate.creates) == 1
+
+
+async def test_cancelling_the_call_cancels_the_prediction(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.hold = True
+    task = asyncio.create_task(provider.generate(request(deadline=time.time() + 1)))
+    await wait_until(lambda: len(fake_replicate.recorded("GET", "/v1/predictions/")) > 0, what="polling")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until(lambda: len(fake_replicate.cancels) == 1, what="the cancel")
+    prediction_id = fake_replicate.cancels[0].path.split("/")[3]
+    assert fake_replicate.prediction_status(prediction_id) == "canceled"
+
+
+def test_retry_after_parsing() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=7), usegmt=True), now) == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+
+
+def test_output_shapes_and_failure_classes() -> None:
+    assert first_output_url("https://x/a.png") == "https://x/a.png"
+    assert first_output_url(["https://x/a.webp", "https://x/b.webp"]) == "https://x/a.webp"
+    assert first_output_url({"images": ["https://x/c.png"]}) == "https://x/c.png"
+    assert first_output_url(None) is None
+    assert isinstance(classify_failure("Prediction flagged by safety checker"), errors.ContentRejected)
+    assert isinstance(classify_failure("Prediction interrupted"), errors.ProviderError)
