@@ -34,7 +34,9 @@ def error_text(result: CallToolResult) -> str:
 async def test_an_image_is_generated_stored_and_served_at_the_requested_size(stack: RunningStack) -> None:
     account = stack.create_account(credits=100)
     async with mcp_client(stack.mcp_url, account.token) as client:
-        result = await client.call_tool("generate_image", {"prompt": "a lighthouse at dusk", "width": 768, "height": 512})
+        result = await client.call_tool(
+            "generate_image", {"prompt": "a lighthouse at dusk", "width": 768, "height": 512}
+        )
     body = structured(result)
     assert set(body) == {"image_url", "image_id", "credits_used", "credits_remaining"}
     text, link = result.content
@@ -58,7 +60,7 @@ async def test_an_image_is_generated_stored_and_served_at_the_requested_size(sta
 async def test_credits_are_charged_exactly_by_model_and_size(stack: RunningStack) -> None:
     account = stack.create_account(credits=100)
     # nano-banana: 5 credits per megapixel (1024x1024), rounded up; flux-schnell: 1 per megapixel
-    calls = [
+    calls: list[tuple[dict[str, Any], int]] = [
         ({"prompt": "one"}, 5),
         ({"prompt": "two", "width": 2048, "height": 1024}, 10),
         ({"prompt": "three", "width": 512, "height": 512}, 2),
@@ -88,7 +90,10 @@ async def test_credits_are_charged_exactly_by_model_and_size(stack: RunningStack
             {"prompt": "x", "model": "flux-schnell", "input_image_url": "https://example.com/a.png"},
             "flux-schnell does not support image-to-image",
         ),
-        ({"prompt": "x", "input_image_url": "http://127.0.0.1:1/secret.png"}, "loopback address and is refused"),
+        (
+            {"prompt": "x", "input_image_url": "http://127.0.0.1:1/secret.png"},
+            "loopback address and is refused",
+        ),
         ({"prompt": "x", "input_image_url": "http://169.254.169.254/latest/meta-data"}, "link-local"),
         ({"prompt": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),
     ],
@@ -131,17 +136,19 @@ async def test_fifty_concurrent_calls_from_an_account_that_can_afford_thirty(sta
 
 async def test_progress_notifications_reach_a_client_that_asks_for_them(stack: RunningStack) -> None:
     account = stack.create_account(credits=10)
-    progress: list[tuple[float, str | None]] = []
+    received: list[tuple[float, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        received.append((progress, message))
 
     async with mcp_client(stack.mcp_url, account.token) as client:
-        result = await client.call_tool("generate_image", {"prompt": "progress"}, progress_callback=on_progress)
+        result = await client.call_tool(
+            "generate_image", {"prompt": "progress"}, progress_callback=on_progress
+        )
     structured(result)
-    assert progress, "no progress notification arrived"
-    assert progress[0][1] is not None and progress[0][1].startswith("queued")
-    values = [value for value, _ in progress]
+    assert received, "no progress notification arrived"
+    assert received[0][1] is not None and received[0][1].startswith("queued")
+    values = [value for value, _ in received]
     assert values == sorted(values) and len(set(values)) == len(values)
 
 

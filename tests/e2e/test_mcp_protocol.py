@@ -64,7 +64,9 @@ def test_a_post_without_any_accept_header_gets_the_tool_list(stack: RunningStack
 def test_missing_or_bad_tokens_get_401_with_a_challenge(
     stack: RunningStack, headers: dict[str, str], error: str
 ) -> None:
-    response = httpx.post(stack.mcp_url, headers={"Content-Type": "application/json", **headers}, content=TOOLS_LIST)
+    response = httpx.post(
+        stack.mcp_url, headers={"Content-Type": "application/json", **headers}, content=TOOLS_LIST
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith('Bearer realm="imagegen"')
     assert response.json()["error"] == error
@@ -78,7 +80,9 @@ def test_a_revoked_token_stops_working_within_seconds(stack: RunningStack) -> No
     with grpc.insecure_channel(stack.billing_address) as channel:
         admin = admin_service_pb2_grpc.AdminServiceStub(channel)
         auth = (("authorization", f"Bearer {stack.admin_token}"),)
-        [token] = admin.ListTokens(admin_service_pb2.ListTokensRequest(account=account.account_id), metadata=auth).tokens
+        [token] = admin.ListTokens(
+            admin_service_pb2.ListTokensRequest(account=account.account_id), metadata=auth
+        ).tokens
         admin.RevokeToken(admin_service_pb2.RevokeTokenRequest(token_id=token.id), metadata=auth)
     deadline = time.monotonic() + 30
     status = 200
@@ -88,18 +92,30 @@ def test_a_revoked_token_stops_working_within_seconds(stack: RunningStack) -> No
     assert status == 401
 
 
-def test_malformed_json_is_a_parse_error_and_an_unknown_method_is_method_not_found(stack: RunningStack) -> None:
-    headers = {"Authorization": f"Bearer {stack.create_account(credits=1).token}", "Content-Type": "application/json"}
+def test_malformed_json_is_a_parse_error_and_an_unknown_method_is_method_not_found(
+    stack: RunningStack,
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {stack.create_account(credits=1).token}",
+        "Content-Type": "application/json",
+    }
     malformed = httpx.post(stack.mcp_url, headers=headers, content='{"jsonrpc": "2.0", "id": 1, "meth')
     assert malformed.json()["error"]["code"] == -32700
-    unknown = httpx.post(stack.mcp_url, headers=headers, content='{"jsonrpc":"2.0","id":7,"method":"tools/nope"}')
+    unknown = httpx.post(
+        stack.mcp_url, headers=headers, content='{"jsonrpc":"2.0","id":7,"method":"tools/nope"}'
+    )
     assert unknown.json()["error"]["code"] == -32601
     assert unknown.json()["id"] == 7
 
 
 def test_foreign_origins_are_refused_and_our_own_allowed(stack: RunningStack) -> None:
-    headers = {"Authorization": f"Bearer {stack.create_account(credits=1).token}", "Content-Type": "application/json"}
-    evil = httpx.post(stack.mcp_url, headers={**headers, "Origin": "https://evil.example"}, content=TOOLS_LIST)
+    headers = {
+        "Authorization": f"Bearer {stack.create_account(credits=1).token}",
+        "Content-Type": "application/json",
+    }
+    evil = httpx.post(
+        stack.mcp_url, headers={**headers, "Origin": "https://evil.example"}, content=TOOLS_LIST
+    )
     assert evil.status_code == 403
     assert "origin" in evil.json()["message"]
     ours = httpx.post(stack.mcp_url, headers={**headers, "Origin": stack.gateway_url}, content=TOOLS_LIST)
@@ -120,7 +136,12 @@ async def test_the_sdk_client_sees_both_tools_with_documented_bounds(stack: Runn
     assert props["model"]["default"] == "nano-banana"
     assert props["input_image_url"]["format"] == "uri"
     assert generate.output_schema is not None
-    assert set(generate.output_schema["required"]) == {"image_url", "image_id", "credits_used", "credits_remaining"}
+    assert set(generate.output_schema["required"]) == {
+        "image_url",
+        "image_id",
+        "credits_used",
+        "credits_remaining",
+    }
     assert tools["list_models"].input_schema["properties"] == {}
 
 
@@ -130,7 +151,8 @@ async def test_list_models_reports_every_documented_field(stack: RunningStack, m
     async with mcp_client(stack.mcp_url, token, mode=mode) as client:
         result = await client.call_tool("list_models", {})
     assert not result.is_error
-    models = result.structured_content["models"]  # type: ignore[index]
+    assert isinstance(result.structured_content, dict)
+    models = result.structured_content["models"]
     assert json.loads(result.content[0].text) == result.structured_content  # type: ignore[union-attr]
     by_key = {m["key"]: m for m in models}
     assert {"nano-banana", "flux-1"} <= set(by_key)
