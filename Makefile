@@ -10,7 +10,7 @@ RUN := $(UV) run --frozen --all-packages
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON ?= python3
 
-.PHONY: help setup run test lint format typecheck proto proto-check pytest deploy-check bench clean
+.PHONY: help setup run test lint format typecheck proto proto-check docs pytest deploy-check bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,7 +23,17 @@ $(UV):
 	$(UV) sync --frozen --all-packages
 	touch $@
 
-setup: .venv/.setup-stamp ## Install everything the project needs (idempotent)
+# The outside tests' npm packages (TypeScript SDK, conformance runner, Inspector), pinned by their
+# lock file. Without npm the Python part still installs and those tests skip (fail under CI=true).
+TS_CLIENT := tests/outside/ts-client
+$(TS_CLIENT)/node_modules/.setup-stamp: $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(TS_CLIENT) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "setup: npm not found, so $(TS_CLIENT) is not installed (its tests will skip)"; \
+	fi
+
+setup: .venv/.setup-stamp $(TS_CLIENT)/node_modules/.setup-stamp ## Install everything the project needs (idempotent)
 
 run: setup ## Start the whole stack on embedded defaults; prints the MCP URL and a demo token
 	$(RUN) imagegen dev
@@ -44,6 +54,9 @@ typecheck: setup ## mypy, strict
 proto: setup ## Regenerate the Python stubs from proto/ (the one way to change them)
 	$(RUN) scripts/proto.sh
 
+docs: setup ## Regenerate the README's configuration table from the settings classes
+	$(RUN) imagegen settings --write-readme README.md
+
 proto-check: setup ## buf lint, and fail when the committed stubs are stale
 	$(RUN) buf lint
 	$(RUN) scripts/proto.sh --check
@@ -58,4 +71,4 @@ bench: setup ## Benchmarks (print numbers with a same-run baseline)
 	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b; done
 
 clean: ## Remove the environment and caches
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache $(TS_CLIENT)/node_modules

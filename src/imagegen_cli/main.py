@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from imagegen_billing.admin_cli import app as admin_app
@@ -22,6 +25,23 @@ app.add_typer(generator_app, name="generator")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(admin_app, name="admin")
 app.command()(dev)
+
+
+@app.command()
+def settings(
+    write_readme: Annotated[
+        Path | None, typer.Option(help="Rewrite the settings section of this README instead of printing.")
+    ] = None,
+) -> None:
+    """Every setting of every service (environment variable, default, meaning) as a Markdown table."""
+    from imagegen_cli.settings_docs import readme_with_table, settings_table
+
+    table = settings_table()
+    if write_readme is None:
+        typer.echo(table)
+        return
+    write_readme.write_text(readme_with_table(write_readme.read_text(), table))
+
 
 if __name__ == "__main__":
     app()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from imagegen_common.catalog import (
@@ -93,3 +95,18 @@ def test_malformed_catalogs_are_refused() -> None:
     }
     with pytest.raises(ValueError, match="below the API minimum"):
         parse_catalog({"default_model": "m", "models": {"m": too_small}})
+
+
+def test_refusals_name_the_field_they_are_about() -> None:
+    catalog = load_catalog()
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: catalog.get("dall-e-9"), "model"),
+        (lambda: catalog.quote("flux-schnell", 4096, 1024), "width"),
+        (lambda: catalog.quote("flux-schnell", 1024, 4096), "height"),
+        (lambda: catalog.get("flux-schnell").check_inputs(1), "input_images"),
+        (lambda: catalog.get("flux-1").check_inputs(2), "input_images"),
+    ]
+    for call, field in cases:
+        with pytest.raises(CatalogError) as refused:
+            call()
+        assert refused.value.field == field

@@ -11,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from imagegen_common.safe_fetch import FetchError, FetchPolicy, FetchRefused, SafeFetcher, refusal_reason
+from imagegen_common.safe_fetch import (
+    FetchError,
+    FetchPolicy,
+    FetchRefused,
+    SafeFetcher,
+    host_port,
+    refusal_reason,
+)
 
 PUBLIC_HOST = "cdn.example.com"
 PUBLIC_IP = "93.184.215.14"
@@ -208,3 +215,19 @@ async def test_allow_private_is_for_development_only(site: int) -> None:
     with pytest.raises(FetchRefused):
         await SafeFetcher(FetchPolicy()).fetch(url)
     assert (await SafeFetcher(FetchPolicy(allow_private=True)).fetch(url)).data == BODY
+
+
+async def test_an_allowed_host_and_port_passes_and_nothing_else_does(site: int) -> None:
+    url = f"http://127.0.0.1:{site}/image.png"
+    fetcher = SafeFetcher(FetchPolicy(allowed_hosts=frozenset({f"127.0.0.1:{site}"})))
+    assert (await fetcher.fetch(url)).data == BODY
+    vetted = await fetcher.vet(url)
+    assert (vetted.connect_url, vetted.host, vetted.server_name) == (url, f"127.0.0.1:{site}", "127.0.0.1")
+    for other in (f"http://127.0.0.1:{site + 1}/", f"http://localhost:{site}/", "http://10.0.0.1/"):
+        with pytest.raises(FetchRefused):
+            await fetcher.vet(other)
+
+
+def test_host_port_spelling() -> None:
+    assert host_port("LocalHost", 80) == "localhost:80"
+    assert host_port("::1", 8080) == "[::1]:8080"

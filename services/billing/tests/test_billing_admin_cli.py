@@ -118,3 +118,29 @@ async def test_errors_are_one_line_and_a_non_zero_exit(billing_server: BillingSe
         assert result.stderr.startswith(message), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.output
+
+
+async def test_webhook_commands_print_the_secret_only_when_it_is_made(billing_server: BillingServer) -> None:
+    created = await run_json(billing_server, "account", "create", "w@example.test")
+    account_id = created["account_id"]
+    shown = await run_json(billing_server, "webhook", "show", account_id)
+    assert (shown["url"], shown["has_secret"]) == (None, False)
+
+    first = await run(billing_server, "webhook", "set", "w@example.test", "https://hooks.example.test/a")
+    assert first.exit_code == 0, first.output
+    secret_line = next(line for line in first.stdout.splitlines() if line.startswith("signing secret"))
+    secret = secret_line.split()[-1]
+    assert secret.startswith("whsec_") and "shown only now" in first.stdout
+
+    again = await run_json(billing_server, "webhook", "set", account_id, "https://hooks.example.test/b")
+    assert again["url"] == "https://hooks.example.test/b" and again["signing_secret"] is None
+    shown_text = await run(billing_server, "webhook", "show", account_id)
+    assert "https://hooks.example.test/b" in shown_text.stdout and secret not in shown_text.stdout
+
+    rotated = await run_json(billing_server, "webhook", "rotate-secret", account_id)
+    assert rotated["signing_secret"].startswith("whsec_") and rotated["signing_secret"] != secret
+    cleared = await run_json(billing_server, "webhook", "clear", account_id)
+    assert (cleared["url"], cleared["has_secret"]) == (None, True)
+
+    refused = await run(billing_server, "webhook", "set", account_id, "ftp://hooks.example.test/")
+    assert refused.exit_code == 1 and "is not an http or https URL" in refused.stderr

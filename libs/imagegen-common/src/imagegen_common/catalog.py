@@ -26,12 +26,17 @@ SizeMode = Literal["aspect_ratio", "width_height", "aspect_ratio_custom"]
 
 
 class CatalogError(ValueError):
-    """A request the catalog cannot serve; the message is fit to show a user."""
+    """A request the catalog cannot serve; the message is fit to show a user, and ``field`` names the
+    part of the request it is about (``model``, ``width``, ``height``, ``input_images``) when one is."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownModelError(CatalogError):
     def __init__(self, key: str, known: list[str]) -> None:
-        super().__init__(f"unknown model {key!r}; available models: {', '.join(known)}")
+        super().__init__(f"unknown model {key!r}; available models: {', '.join(known)}", field="model")
         self.key = key
         self.known = known
 
@@ -60,10 +65,13 @@ class Dimensions:
         ):
             if not low <= value <= high:
                 raise SizeOutOfRangeError(
-                    f"{side} {value} is out of range for {model}: it must be between {low} and {high} pixels"
+                    f"{side} {value} is out of range for {model}: it must be between {low} and {high} pixels",
+                    field=side,
                 )
             if value % self.step:
-                raise SizeOutOfRangeError(f"{side} {value} must be a multiple of {self.step} for {model}")
+                raise SizeOutOfRangeError(
+                    f"{side} {value} must be a multiple of {self.step} for {model}", field=side
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +141,34 @@ class Model:
         return self.price.credits(1024, 1024)
 
     def check_inputs(self, input_image_count: int) -> None:
-        if input_image_count and not self.supports_image_to_image:
-            raise ImageToImageUnsupportedError(
-                f"{self.key} does not support image-to-image; "
-                "choose a model whose supports_image_to_image is true (see list_models)"
-            )
-        if input_image_count > self.max_input_images:
-            raise CatalogError(f"{self.key} takes at most {self.max_input_images} input image(s)")
-        if not input_image_count and not self.supports_text_to_image:
-            raise CatalogError(f"{self.key} needs an input image")
+        check_input_images(
+            self.key,
+            input_image_count,
+            supports_text_to_image=self.supports_text_to_image,
+            supports_image_to_image=self.supports_image_to_image,
+            max_input_images=self.max_input_images,
+        )
+
+
+def check_input_images(
+    key: str,
+    count: int,
+    *,
+    supports_text_to_image: bool,
+    supports_image_to_image: bool,
+    max_input_images: int,
+) -> None:
+    """Raises CatalogError (field ``input_images``) when a model cannot take ``count`` input images."""
+    if count and not supports_image_to_image:
+        raise ImageToImageUnsupportedError(
+            f"{key} does not support image-to-image; "
+            "choose a model whose supports_image_to_image is true (see list_models)",
+            field="input_images",
+        )
+    if count > max_input_images:
+        raise CatalogError(f"{key} takes at most {max_input_images} input image(s)", field="input_images")
+    if not count and not supports_text_to_image:
+        raise CatalogError(f"{key} needs an input image", field="input_images")
 
 
 @dataclass(frozen=True, slots=True)

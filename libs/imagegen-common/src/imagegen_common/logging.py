@@ -74,5 +74,12 @@ def configure_logging(service: str, level: str = "INFO", fmt: LogFormat = "json"
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "nats", "aiosqlite", "sqlalchemy.engine"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "nats",
+        "aiosqlite",
+        "sqlalchemy.engine",
+        "mcp.server.streamable_http",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -23,6 +23,8 @@ OUTCOME_SUBJECT = "imagegen.events.job.outcome"
 STARTED_SUBJECT = "imagegen.events.job.started"
 #: Billing's durable consumer of outcomes: capture on success, release on failure.
 BILLING_SETTLEMENT_CONSUMER = "billing-settlement"
+#: The gateways' shared durable consumer of outcomes: posts each REST job's outcome to its webhook.
+WEBHOOKS_CONSUMER = "webhooks"
 
 #: Core NATS broadcast of CancelJob to every generator replica.
 CANCEL_SUBJECT = "imagegen.jobs.cancel"
@@ -36,6 +38,14 @@ GENERATOR_ANNOUNCE_TTL = timedelta(seconds=30)
 
 #: Object store bucket of generated images.
 IMAGES_BUCKET = "imagegen_images"
+
+#: KV bucket of REST idempotency keys (key: account and key hash; value: the claim or the first answer).
+IDEMPOTENCY_BUCKET = "imagegen_idempotency"
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+#: KV bucket of REST rate-limit counters (key: token id and window), shared by every gateway replica.
+RATE_LIMITS_BUCKET = "imagegen_rate_limits"
+RATE_LIMIT_WINDOW = timedelta(minutes=1)
 
 #: Prefix of reply subjects: imagegen.replies.<gateway instance>.<job id>
 REPLY_PREFIX = "imagegen.replies"
@@ -96,6 +106,29 @@ def generators_kv_config(replicas: int = 1) -> KeyValueConfig:
         bucket=GENERATORS_BUCKET,
         history=1,
         ttl=GENERATOR_ANNOUNCE_TTL.total_seconds(),
+        replicas=replicas,
+        storage=StorageType.MEMORY,
+    )
+
+
+def idempotency_kv_config(replicas: int = 1) -> KeyValueConfig:
+    """Entries live 24 hours from their last write: a key can be replayed for a day."""
+    return KeyValueConfig(
+        bucket=IDEMPOTENCY_BUCKET,
+        history=1,
+        ttl=IDEMPOTENCY_TTL.total_seconds(),
+        replicas=replicas,
+        storage=StorageType.FILE,
+        max_value_size=256 * 1024,
+    )
+
+
+def rate_limits_kv_config(replicas: int = 1) -> KeyValueConfig:
+    """One counter per token and window; a counter outlives its window a little, then goes."""
+    return KeyValueConfig(
+        bucket=RATE_LIMITS_BUCKET,
+        history=1,
+        ttl=2 * RATE_LIMIT_WINDOW.total_seconds(),
         replicas=replicas,
         storage=StorageType.MEMORY,
     )

@@ -8,6 +8,10 @@ Rules, checked on the first request and again on every redirect:
 - the connection goes to the vetted address itself (the URL is rewritten to the IP, with the
   original Host header and TLS server name), so a second DNS answer cannot swap in another host;
 - at most ``max_redirects`` redirects, a size limit and an overall time limit.
+- ``allowed_hosts`` names ``host:port`` pairs exempt from the address rule (a test's own receiver);
+  nothing else is.
+
+``vet`` gives the vetted address of a URL to callers that make their own request (webhooks POST).
 
 The resolver and the HTTP transport are injectable: tests map a public-looking name to an address of
 their choice and route the connection to a local server, since no real network is reachable there.
@@ -78,6 +82,8 @@ class FetchPolicy:
     max_bytes: int = 20 * 1024 * 1024
     timeout_seconds: float = 15.0
     max_redirects: int = 3
+    #: ``host:port`` pairs (``[v6]:port`` for IPv6, lower case) that may be reached whatever their address.
+    allowed_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: SafeFetchSettings) -> FetchPolicy:
@@ -129,12 +135,26 @@ async def system_resolver(host: str, port: int) -> Sequence[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
-    """One hop: the URL asked for and the vetted address to connect to."""
+class VettedUrl:
+    """A URL that may be contacted: connect to ``connect_url`` (the vetted address) and send ``host`` as
+    the Host header and TLS server name."""
 
     url: str
     host: str
     connect_url: str
+
+    @property
+    def server_name(self) -> str:
+        """The host without its port or IPv6 brackets (the TLS server name)."""
+        if self.host.endswith("]"):
+            return self.host[1:-1]
+        return self.host.rsplit(":", 1)[0].strip("[]")
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as ``allowed_hosts`` spells it."""
+    host = host.lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class SafeFetcher:
@@ -163,7 +183,7 @@ class SafeFetcher:
 
     async def check_url(self, url: str) -> None:
         """Raises FetchRefused when the URL may not be fetched (without fetching it)."""
-        await self._vet(url)
+        await self.vet(url)
 
     async def _fetch(self, url: str) -> FetchedContent:
         # A new client per fetch: no connection (and no TLS session for another name) is ever reused.
@@ -176,12 +196,12 @@ class SafeFetcher:
         ) as client:
             current = url
             for _ in range(self.policy.max_redirects + 1):
-                target = await self._vet(current)
+                target = await self.vet(current)
                 request = client.build_request(
                     "GET",
                     target.connect_url,
                     headers={"Host": target.host},
-                    extensions={"sni_hostname": target.host.rsplit(":", 1)[0].strip("[]")},
+                    extensions={"sni_hostname": target.server_name},
                 )
                 try:
                     response = await client.send(request, stream=True)
@@ -216,7 +236,8 @@ class SafeFetcher:
     def _too_large(self) -> str:
         return f"the file is larger than {self.policy.max_bytes // (1024 * 1024)} MB"
 
-    async def _vet(self, url: str) -> _Target:
+    async def vet(self, url: str) -> VettedUrl:
+        """The vetted address of a URL; raises FetchRefused (not allowed) or FetchError (unresolvable)."""
         try:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
@@ -235,7 +256,7 @@ class SafeFetcher:
         netloc_host = f"[{host}]" if ":" in host else host
         host_header = netloc_host if parts.port is None else f"{netloc_host}:{port}"
         connect_url = urlunsplit((scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
-        return _Target(url=url, host=host_header, connect_url=connect_url)
+        return VettedUrl(url=url, host=host_header, connect_url=connect_url)
 
     async def _resolve_vetted(self, host: str, port: int) -> IPAddress:
         try:
@@ -248,7 +269,7 @@ class SafeFetcher:
             addresses = [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
         if not addresses:
             raise FetchError("the URL's host name could not be resolved")
-        if not self.policy.allow_private:
+        if not self.policy.allow_private and host_port(host, port) not in self.policy.allowed_hosts:
             for address in addresses:
                 reason = refusal_reason(address)
                 if reason is not None:

@@ -4,12 +4,15 @@ the gateway, started with the same code as ``imagegen dev``, each process loggin
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
+from imagegen.billing.v1 import resources_pb2
 from imagegen_cli.dev import Stack, port_or_free
 from imagegen_testing.nats_server import NatsServer
 
@@ -24,6 +27,7 @@ class Account:
 @dataclass
 class RunningStack:
     stack: Stack
+    generator_env: dict[str, str]
     nats: NatsServer
     gateway_url: str
     billing_address: str
@@ -71,10 +75,33 @@ class RunningStack:
     def credits(self, account_id: str) -> int:
         return int(self.account(account_id).account.credits)
 
+    def ledger(self, account_id: str) -> list[resources_pb2.LedgerEntry]:
+        """The account's ledger, newest first."""
+        with grpc.insecure_channel(self.billing_address) as channel:
+            reply = self._admin(channel).ListLedgerEntries(
+                admin_service_pb2.ListLedgerEntriesRequest(account=account_id, page_size=1000),
+                metadata=self._auth,
+                timeout=10,
+            )
+        return list(reply.entries)
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+        """Polls until ``condition`` holds (never asserts on how long it took, only that it happened)."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout:.0f}s\n{self.logs()}")
+            time.sleep(0.1)
+
     def logs(self) -> str:
         return "\n".join(
             f"==> {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in self.log_dir.glob("*.log")
         )
+
+    def add_generator(self, name: str) -> None:
+        """One more generator replica, configured like the first ones."""
+        self.stack.start_generator(name, **self.generator_env)
+        self.generators.append(name)
 
     def stop(self) -> None:
         self.stack.stop()
@@ -86,6 +113,7 @@ def start_stack(
     generators: int = 1,
     env: dict[str, str] | None = None,
     gateway_env: dict[str, str] | None = None,
+    generator_env: dict[str, str] | None = None,
 ) -> RunningStack:
     """Starts NATS, billing, ``generators`` generator replicas and the gateway; all ready on return."""
     data = tmp_path / "data"
@@ -112,7 +140,7 @@ def start_stack(
         billing_address = stack.start_billing()
         names = [f"generator-{i}" for i in range(generators)]
         for name in names:
-            stack.start_generator(name)
+            stack.start_generator(name, **(generator_env or {}))
         stack.start_gateway("127.0.0.1", gateway_port, **(gateway_env or {}))
     except BaseException:
         stack.stop()
@@ -120,6 +148,7 @@ def start_stack(
         raise
     return RunningStack(
         stack=stack,
+        generator_env=generator_env or {},
         nats=nats,
         gateway_url=gateway_url,
         billing_address=billing_address,

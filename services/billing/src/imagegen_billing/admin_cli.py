@@ -25,9 +25,13 @@ app = typer.Typer(help="Administer accounts, tokens and credits.", no_args_is_he
 account_app = typer.Typer(help="Create, show and list accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 credits_app = typer.Typer(help="Grant or remove credits.", no_args_is_help=True)
+webhook_app = typer.Typer(
+    help="An account's default webhook URL and its signing secret (Standard Webhooks).", no_args_is_help=True
+)
 app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(credits_app, name="credits")
+app.add_typer(webhook_app, name="webhook")
 
 
 _KINDS = {value: name.removeprefix("KIND_").lower() for name, value in resources_pb2.LedgerEntry.Kind.items()}
@@ -248,6 +252,84 @@ def ledger(
             )
 
     admin.show([_entry(e) for e in reply.entries], lines)
+
+
+@webhook_app.command("set")
+def webhook_set(
+    ctx: typer.Context,
+    account: Annotated[str, typer.Argument(help="Account id or email.")],
+    url: Annotated[str, typer.Argument(help="http(s) URL that receives the outcomes of REST jobs.")],
+) -> None:
+    """Set the account's default webhook URL (used by REST requests that name none). The first time,
+    it makes the signing secret and prints it once."""
+    admin = _admin(ctx)
+    reply: pb.SetWebhookResponse = admin.call("SetWebhook", pb.SetWebhookRequest(account=account, url=url))
+
+    def lines() -> Iterator[str]:
+        yield from _webhook_lines(reply.settings)
+        yield from _secret_lines(reply.signing_secret)
+
+    admin.show({**_webhook(reply.settings), "signing_secret": reply.signing_secret or None}, lines)
+
+
+@webhook_app.command("show")
+def webhook_show(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id or email.")]
+) -> None:
+    """The account's default webhook URL and whether it has a signing secret (never the secret)."""
+    admin = _admin(ctx)
+    reply: pb.GetWebhookResponse = admin.call("GetWebhook", pb.GetWebhookRequest(account=account))
+    admin.show(_webhook(reply.settings), lambda: _webhook_lines(reply.settings))
+
+
+@webhook_app.command("clear")
+def webhook_clear(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id or email.")]
+) -> None:
+    """Remove the default webhook URL (the secret stays, for webhooks that requests name)."""
+    admin = _admin(ctx)
+    reply: pb.ClearWebhookResponse = admin.call("ClearWebhook", pb.ClearWebhookRequest(account=account))
+    admin.show(_webhook(reply.settings), lambda: _webhook_lines(reply.settings))
+
+
+@webhook_app.command("rotate-secret")
+def webhook_rotate_secret(
+    ctx: typer.Context, account: Annotated[str, typer.Argument(help="Account id or email.")]
+) -> None:
+    """Make a new signing secret and print it once; the old one stops signing at once."""
+    admin = _admin(ctx)
+    reply: pb.RotateWebhookSecretResponse = admin.call(
+        "RotateWebhookSecret", pb.RotateWebhookSecretRequest(account=account)
+    )
+
+    def lines() -> Iterator[str]:
+        yield from _webhook_lines(reply.settings)
+        yield from _secret_lines(reply.signing_secret)
+
+    admin.show({**_webhook(reply.settings), "signing_secret": reply.signing_secret}, lines)
+
+
+def _webhook(w: resources_pb2.WebhookSettings) -> dict[str, Any]:
+    return {
+        "account_id": w.account_id,
+        "url": w.url or None,
+        "has_secret": w.has_secret,
+        "update_time": _time(w.update_time),
+    }
+
+
+def _webhook_lines(w: resources_pb2.WebhookSettings) -> Iterator[str]:
+    yield f"account   {w.account_id}"
+    yield f"webhook   {w.url or '(none)'}"
+    yield f"secret    {'set' if w.has_secret else 'none (webhooks are refused until one is made)'}"
+
+
+def _secret_lines(secret: str) -> Iterator[str]:
+    if secret:
+        yield f"signing secret  {secret}"
+        yield "(the secret is shown only now: store it, and verify the webhook-signature header with it)"
+    else:
+        yield "(the signing secret is unchanged; `webhook rotate-secret` makes a new one)"
 
 
 def _time(stamp: Timestamp) -> str | None:

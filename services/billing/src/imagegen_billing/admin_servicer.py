@@ -13,6 +13,7 @@ from imagegen.admin.v1 import admin_service_pb2_grpc
 from imagegen_billing import convert
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.webhooks import Webhooks
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
     Context = grpc.aio.ServicerContext[object, object]
@@ -21,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
-    def __init__(self, accounts: Accounts, ledger: Ledger) -> None:
+    def __init__(self, accounts: Accounts, ledger: Ledger, webhooks: Webhooks) -> None:
         self.accounts = accounts
         self.ledger = ledger
+        self.webhooks = webhooks
 
     async def CreateAccount(
         self, request: pb.CreateAccountRequest, context: Context
@@ -82,4 +84,29 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         )
         return pb.ListLedgerEntriesResponse(
             entries=[convert.ledger_entry(e) for e in entries], next_page_token=next_token
+        )
+
+    async def SetWebhook(self, request: pb.SetWebhookRequest, context: Context) -> pb.SetWebhookResponse:
+        settings, secret = await self.webhooks.set_url(request.account, request.url)
+        log.info("webhook set", extra={"account_id": settings.account_id, "secret_created": bool(secret)})
+        return pb.SetWebhookResponse(settings=convert.webhook_settings(settings), signing_secret=secret)
+
+    async def GetWebhook(self, request: pb.GetWebhookRequest, context: Context) -> pb.GetWebhookResponse:
+        settings = await self.webhooks.settings(request.account)
+        return pb.GetWebhookResponse(settings=convert.webhook_settings(settings))
+
+    async def ClearWebhook(
+        self, request: pb.ClearWebhookRequest, context: Context
+    ) -> pb.ClearWebhookResponse:
+        settings = await self.webhooks.clear_url(request.account)
+        log.info("webhook cleared", extra={"account_id": settings.account_id})
+        return pb.ClearWebhookResponse(settings=convert.webhook_settings(settings))
+
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: Context
+    ) -> pb.RotateWebhookSecretResponse:
+        settings, secret = await self.webhooks.rotate_secret(request.account)
+        log.info("webhook secret rotated", extra={"account_id": settings.account_id})
+        return pb.RotateWebhookSecretResponse(
+            settings=convert.webhook_settings(settings), signing_secret=secret
         )

@@ -17,6 +17,10 @@ from imagegen_billing.domain import (
     Reservation,
     ReservationState,
     ReserveRequest,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSettings,
+    WebhookState,
 )
 from imagegen_common.catalog import Catalog, Model
 
@@ -24,6 +28,11 @@ _STATES = {
     ReservationState.HELD: resources_pb2.Reservation.STATE_HELD,
     ReservationState.CAPTURED: resources_pb2.Reservation.STATE_CAPTURED,
     ReservationState.RELEASED: resources_pb2.Reservation.STATE_RELEASED,
+}
+_WEBHOOK_STATES = {
+    WebhookState.PENDING: resources_pb2.WebhookDelivery.STATE_PENDING,
+    WebhookState.DELIVERED: resources_pb2.WebhookDelivery.STATE_DELIVERED,
+    WebhookState.FAILED: resources_pb2.WebhookDelivery.STATE_FAILED,
 }
 _KINDS = {
     EntryKind.GRANT: resources_pb2.LedgerEntry.KIND_GRANT,
@@ -78,6 +87,7 @@ def reservation(value: Reservation) -> resources_pb2.Reservation:
             width=value.details.width,
             height=value.details.height,
             request_fingerprint=value.details.request_fingerprint,
+            webhook_url=value.details.webhook_url,
         ),
         release_reason=value.release_reason,
         result=resources_pb2.JobResult(
@@ -90,6 +100,50 @@ def reservation(value: Reservation) -> resources_pb2.Reservation:
             finish_time=timestamp(value.result.finish_time),
         ),
         start_time=timestamp(value.start_time),
+        webhook=webhook_delivery(value.webhook) if value.webhook is not None else None,
+    )
+
+
+def webhook_delivery(value: WebhookDelivery) -> resources_pb2.WebhookDelivery:
+    return resources_pb2.WebhookDelivery(
+        url=value.url,
+        state=_WEBHOOK_STATES.get(value.state, resources_pb2.WebhookDelivery.STATE_UNSPECIFIED),
+        attempt_count=value.attempt_count,
+        last_status_code=value.last_status_code,
+        last_error=value.last_error,
+        last_attempt_time=timestamp(value.last_attempt_time),
+    )
+
+
+def webhook_attempt(value: WebhookAttempt) -> resources_pb2.WebhookAttempt:
+    return resources_pb2.WebhookAttempt(
+        job_id=value.job_id,
+        attempt=value.attempt,
+        status_code=value.status_code,
+        error=value.error,
+        attempt_time=timestamp(value.attempt_time),
+    )
+
+
+def webhook_attempt_request(value: resources_pb2.WebhookAttempt) -> WebhookAttempt:
+    """An attempt as the gateway reports it (no attempt time: now)."""
+    return WebhookAttempt(
+        job_id=value.job_id,
+        attempt=value.attempt,
+        status_code=value.status_code,
+        error=value.error,
+        attempt_time=(
+            value.attempt_time.ToDatetime(tzinfo=UTC) if value.HasField("attempt_time") else datetime.now(UTC)
+        ),
+    )
+
+
+def webhook_settings(value: WebhookSettings) -> resources_pb2.WebhookSettings:
+    return resources_pb2.WebhookSettings(
+        account_id=value.account_id,
+        url=value.url,
+        has_secret=value.has_secret,
+        update_time=timestamp(value.update_time),
     )
 
 
@@ -150,6 +204,7 @@ def reserve_request(value: billing_service_pb2.ReserveRequest) -> ReserveRequest
             width=value.details.width,
             height=value.details.height,
             request_fingerprint=value.details.request_fingerprint,
+            webhook_url=value.details.webhook_url,
         ),
     )
 

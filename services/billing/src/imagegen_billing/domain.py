@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from urllib.parse import urlsplit
 
 #: Longest free text (labels, notes, release reasons) kept in the database.
 MAX_TEXT_CHARS = 200
@@ -68,6 +69,15 @@ class ReservationState(enum.StrEnum):
     RELEASED = "released"
 
 
+class WebhookState(enum.StrEnum):
+    """Where a job's webhook delivery stands (NONE: the job has no webhook)."""
+
+    NONE = ""
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class EntryKind(enum.StrEnum):
     GRANT = "grant"
     RESERVE = "reserve"
@@ -103,6 +113,8 @@ class JobDetails:
     height: int = 0
     #: Hash of the whole request that made the job; the gateway compares it on a repeat.
     request_fingerprint: str = ""
+    #: Where the job's outcome is posted; empty for none.
+    webhook_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,37 @@ class JobResult:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """A job's webhook delivery, summarised from its attempts."""
+
+    url: str
+    state: WebhookState
+    attempt_count: int = 0
+    last_status_code: int = 0
+    last_error: str = ""
+    last_attempt_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    job_id: str
+    #: 1 for the first attempt.
+    attempt: int
+    #: HTTP status of the answer; 0 when there was none.
+    status_code: int
+    error: str
+    attempt_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    account_id: str
+    url: str
+    has_secret: bool
+    update_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     job_id: str
     account_id: str
@@ -132,6 +175,8 @@ class Reservation:
     result: JobResult = JobResult()
     #: When a generator took the job (None while queued).
     start_time: datetime | None = None
+    #: Delivery of the outcome to the job's webhook; None when it has none.
+    webhook: WebhookDelivery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +227,8 @@ def check_reserve_request(request: ReserveRequest) -> None:
         raise InvalidArgumentError("job_id is required")
     if request.amount <= 0:
         raise InvalidArgumentError(f"amount must be positive, not {request.amount}")
+    if request.details.webhook_url:
+        check_webhook_url(request.details.webhook_url)
 
 
 def check_batch(requests: Sequence[ReserveRequest]) -> str:
@@ -249,6 +296,40 @@ def release_reason_label(reason: str) -> str:
     if lowered.startswith(("failed", "job failed")):
         return "failed"
     return "requested"
+
+
+def check_webhook_url(url: str) -> str:
+    """The URL trimmed; raises InvalidArgumentError unless it is an http(s) URL with a host.
+
+    Whether its address may be contacted is for the sender to decide when it delivers.
+    """
+    url = url.strip()
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidArgumentError(f"the webhook URL is longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{url!r} is not a valid URL") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgumentError(f"{url!r} is not an http or https URL")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidArgumentError("a webhook URL must not carry credentials")
+    return url
+
+
+def webhook_state_after(
+    current: WebhookState, attempt: int, count: int, status_code: int, final: bool
+) -> WebhookState:
+    """The state of a delivery after an attempt: delivered on a 2xx (and for good), failed after a
+    failed final attempt, pending otherwise. A late report of an earlier attempt changes nothing."""
+    if current is WebhookState.DELIVERED:
+        return current
+    if 200 <= status_code < 300:
+        return WebhookState.DELIVERED
+    if attempt < count:
+        return current
+    return WebhookState.FAILED if final else WebhookState.PENDING
 
 
 def check_grant(amount: int) -> EntryKind:

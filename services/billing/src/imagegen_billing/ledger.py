@@ -8,12 +8,14 @@ idempotent on its job id.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,6 +36,8 @@ from imagegen_billing.domain import (
     ReservationState,
     ReserveRequest,
     Settlement,
+    WebhookDelivery,
+    WebhookState,
     check_batch,
     check_grant,
     check_repeat,
@@ -274,6 +278,39 @@ class Ledger:
         page = [to_entry(row) for row in rows[:size]]
         return page, (str(page[-1].id) if len(rows) > size else "")
 
+    async def reservations_page(
+        self, account_id: str, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Reservation], str]:
+        """An account's reservations, newest first, and the token of the next page ("" after the last).
+
+        Keyset pagination on (create_time, job_id), which ix_reservations_account_id_create_time
+        serves, so a page costs the same however deep it is.
+        """
+        if not account_id:
+            raise InvalidArgumentError("account_id is required")
+        if page_size < 0:
+            raise InvalidArgumentError(f"page_size must not be negative, not {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        query = (
+            select(reservations)
+            .where(reservations.c.account_id == account_id)
+            .order_by(reservations.c.create_time.desc(), reservations.c.job_id.desc())
+            .limit(size + 1)
+        )
+        if page_token:
+            created, job_id = _decode_reservation_token(page_token)
+            query = query.where(
+                or_(
+                    reservations.c.create_time < created,
+                    and_(reservations.c.create_time == created, reservations.c.job_id < job_id),
+                )
+            )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        page = [to_reservation(row) for row in rows[:size]]
+        next_token = _encode_reservation_token(page[-1]) if len(rows) > size else ""
+        return page, next_token
+
     async def reservation(self, job_id: str) -> Reservation:
         async with self.db.read() as conn:
             found = await _reservation(conn, job_id)
@@ -298,6 +335,7 @@ class Ledger:
             return int(await conn.scalar(query) or 0)
 
     def _new_reservation(self, request: ReserveRequest, at: datetime) -> Reservation:
+        webhook_url = request.details.webhook_url
         return Reservation(
             job_id=request.job_id,
             account_id=request.account_id,
@@ -312,6 +350,7 @@ class Ledger:
                 request_fingerprint=request.details.request_fingerprint[:128],
             ),
             release_reason="",
+            webhook=WebhookDelivery(url=webhook_url, state=WebhookState.PENDING) if webhook_url else None,
         )
 
 
@@ -360,3 +399,19 @@ def _decode_entry_token(token: str) -> int:
     if not token.isdigit():
         raise InvalidArgumentError("invalid page_token")
     return int(token)
+
+
+def _encode_reservation_token(last: Reservation) -> str:
+    key = f"{last.create_time.astimezone(UTC).isoformat()}|{last.job_id}"
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode_reservation_token(token: str) -> tuple[datetime, str]:
+    try:
+        created, _, job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition("|")
+        moment = datetime.fromisoformat(created)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgumentError("invalid page_token") from exc
+    if moment.tzinfo is None or not job_id:
+        raise InvalidArgumentError("invalid page_token")
+    return moment, job_id

@@ -17,6 +17,8 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -93,6 +95,8 @@ class ReservationRow(Base):
         # The reaper's query: held reservations by expire time.
         Index("ix_reservations_state_expire_time", "state", "expire_time"),
         Index("ix_reservations_account_id_state", "account_id", "state"),
+        # An account's history, newest first, a page at a time (ListReservations).
+        Index("ix_reservations_account_id_create_time", "account_id", "create_time", "job_id"),
     )
 
     job_id: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -116,6 +120,40 @@ class ReservationRow(Base):
     result_error_code: Mapped[str] = mapped_column(String(200))
     result_error_message: Mapped[str] = mapped_column(String(1000))
     result_finish_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Delivery of the outcome to the job's webhook (webhook_state "" when the job has none).
+    webhook_url: Mapped[str] = mapped_column(String(2048), server_default=text("''"))
+    webhook_state: Mapped[str] = mapped_column(String(16), server_default=text("''"))
+    webhook_attempt_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    webhook_last_status_code: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    webhook_last_error: Mapped[str] = mapped_column(String(1000), server_default=text("''"))
+    webhook_last_attempt_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class WebhookAttemptRow(Base):
+    """One attempt to deliver a job's outcome to its webhook, as the gateway reported it."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("reservations.job_id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(String(1000))
+    attempt_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AccountWebhookRow(Base):
+    """An account's webhook settings: its default URL and the secret its deliveries are signed with."""
+
+    __tablename__ = "account_webhooks"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # Standard Webhooks secret ("whsec_" + base64); symmetric, so kept as it is (like a signing key).
+    secret: Mapped[str] = mapped_column(String(128))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class LedgerEntryRow(Base):
@@ -136,3 +174,5 @@ accounts = cast(Table, AccountRow.__table__)
 api_tokens = cast(Table, ApiTokenRow.__table__)
 reservations = cast(Table, ReservationRow.__table__)
 ledger_entries = cast(Table, LedgerEntryRow.__table__)
+webhook_attempts = cast(Table, WebhookAttemptRow.__table__)
+account_webhooks = cast(Table, AccountWebhookRow.__table__)

@@ -26,6 +26,7 @@ from imagegen_billing.ledger import Ledger
 from imagegen_billing.reaper import run_reaper
 from imagegen_billing.servicer import BillingServicer
 from imagegen_billing.settlement import SettlementConsumer
+from imagegen_billing.webhooks import Webhooks
 from imagegen_common.catalog import load_catalog
 from imagegen_common.ops_http import serving_ops
 
@@ -50,6 +51,7 @@ class BillingServer:
         )
         self.accounts = Accounts(self.db)
         self.ledger = Ledger(self.db, timedelta(seconds=settings.billing_reservation_ttl_seconds))
+        self.webhooks = Webhooks(self.db)
         self.health = health_aio.HealthServicer()
         self.settlement = (
             SettlementConsumer(
@@ -80,10 +82,10 @@ class BillingServer:
             options=[("grpc.so_reuseport", 0)],
         )
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
-            BillingServicer(self.accounts, self.ledger, catalog), server
+            BillingServicer(self.accounts, self.ledger, catalog, self.webhooks), server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.accounts, self.ledger), server
+            AdminServicer(self.accounts, self.ledger, self.webhooks), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -15,6 +15,7 @@ from imagegen_billing import convert
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.domain import InvalidArgumentError
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.webhooks import Webhooks
 from imagegen_common.catalog import Catalog
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
@@ -22,10 +23,11 @@ if TYPE_CHECKING:  # grpc's classes are not generic at run time
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
-    def __init__(self, accounts: Accounts, ledger: Ledger, catalog: Catalog) -> None:
+    def __init__(self, accounts: Accounts, ledger: Ledger, catalog: Catalog, webhooks: Webhooks) -> None:
         self.accounts = accounts
         self.ledger = ledger
         self.catalog = catalog
+        self.webhooks = webhooks
 
     async def Authenticate(
         self, request: pb.AuthenticateRequest, context: Context
@@ -85,3 +87,37 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         return pb.GetReservationResponse(
             reservation=convert.reservation(await self.ledger.reservation(request.job_id))
         )
+
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: Context
+    ) -> pb.ListReservationsResponse:
+        page, next_token = await self.ledger.reservations_page(
+            request.account_id, request.page_size, request.page_token
+        )
+        return pb.ListReservationsResponse(
+            reservations=[convert.reservation(r) for r in page], next_page_token=next_token
+        )
+
+    async def GetWebhookSettings(
+        self, request: pb.GetWebhookSettingsRequest, context: Context
+    ) -> pb.GetWebhookSettingsResponse:
+        if not request.account_id:
+            raise InvalidArgumentError("account_id is required")
+        settings, secret = await self.webhooks.signing(request.account_id)
+        return pb.GetWebhookSettingsResponse(
+            settings=convert.webhook_settings(settings), signing_secret=secret
+        )
+
+    async def RecordWebhookAttempt(
+        self, request: pb.RecordWebhookAttemptRequest, context: Context
+    ) -> pb.RecordWebhookAttemptResponse:
+        delivery = await self.webhooks.record_attempt(
+            convert.webhook_attempt_request(request.attempt), request.final
+        )
+        return pb.RecordWebhookAttemptResponse(delivery=convert.webhook_delivery(delivery))
+
+    async def ListWebhookAttempts(
+        self, request: pb.ListWebhookAttemptsRequest, context: Context
+    ) -> pb.ListWebhookAttemptsResponse:
+        attempts = await self.webhooks.attempts(request.job_id)
+        return pb.ListWebhookAttemptsResponse(attempts=[convert.webhook_attempt(a) for a in attempts])

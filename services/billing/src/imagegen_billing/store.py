@@ -17,6 +17,9 @@ from imagegen_billing.domain import (
     LedgerEntry,
     Reservation,
     ReservationState,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookState,
 )
 from imagegen_billing.models import accounts, api_tokens, ledger_entries
 
@@ -85,6 +88,7 @@ def to_reservation(row: AnyRow) -> Reservation:
             width=row.width,
             height=row.height,
             request_fingerprint=row.request_fingerprint,
+            webhook_url=row.webhook_url,
         ),
         release_reason=row.release_reason,
         result=JobResult(
@@ -97,6 +101,32 @@ def to_reservation(row: AnyRow) -> Reservation:
             finish_time=row.result_finish_time,
         ),
         start_time=row.start_time,
+        webhook=to_webhook_delivery(row),
+    )
+
+
+def to_webhook_delivery(row: AnyRow) -> WebhookDelivery | None:
+    """The webhook delivery of a reservation row; None when its job has no webhook."""
+    state = WebhookState(row.webhook_state)
+    if state is WebhookState.NONE:
+        return None
+    return WebhookDelivery(
+        url=row.webhook_url,
+        state=state,
+        attempt_count=row.webhook_attempt_count,
+        last_status_code=row.webhook_last_status_code,
+        last_error=row.webhook_last_error,
+        last_attempt_time=row.webhook_last_attempt_time,
+    )
+
+
+def to_webhook_attempt(row: AnyRow) -> WebhookAttempt:
+    return WebhookAttempt(
+        job_id=row.job_id,
+        attempt=row.attempt,
+        status_code=row.status_code,
+        error=row.error,
+        attempt_time=row.attempt_time,
     )
 
 
@@ -129,6 +159,20 @@ def reservation_values(reservation: Reservation) -> dict[str, Any]:
         "release_reason": reservation.release_reason,
         "start_time": reservation.start_time,
         **result_values(reservation.result),
+        **webhook_values(reservation.webhook),
+    }
+
+
+def webhook_values(delivery: WebhookDelivery | None) -> dict[str, Any]:
+    if delivery is None:
+        delivery = WebhookDelivery(url="", state=WebhookState.NONE)
+    return {
+        "webhook_url": delivery.url,
+        "webhook_state": delivery.state.value,
+        "webhook_attempt_count": delivery.attempt_count,
+        "webhook_last_status_code": delivery.last_status_code,
+        "webhook_last_error": delivery.last_error,
+        "webhook_last_attempt_time": delivery.last_attempt_time,
     }
 
 

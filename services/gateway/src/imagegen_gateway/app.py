@@ -1,4 +1,5 @@
-"""The gateway's FastAPI application: MCP at /api/mcp, images at /images/…, health and metrics."""
+"""The gateway's FastAPI application: MCP at /api/mcp, the REST API under /api, images at /images/…,
+health and metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from imagegen_gateway.api import account, models
+from imagegen_gateway.api import images as api_images
+from imagegen_gateway.api.errors import install_error_handlers
+from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
 from imagegen_gateway.routes import images, ops
@@ -43,13 +48,34 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app = FastAPI(
         title="imagegen",
         version=VERSION,
+        summary="Image generation for AI assistants (MCP at /api/mcp) and scripts (this REST API).",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
         docs_url="/api/docs",
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
     app.router.routes.append(Route("/api/mcp", endpoint=_McpRoute(), methods=["GET", "POST", "DELETE"]))
+    app.include_router(api_images.router)
+    app.include_router(models.router)
+    app.include_router(account.router)
     app.include_router(images.router)
     app.include_router(ops.router)
+    install_error_handlers(app)
+    app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
     return app
+
+
+API_DESCRIPTION = """
+The asynchronous REST API: `POST /api/images/generate` answers at once with the ids of the queued
+images; poll `GET /api/images/{id}` (or receive a webhook) for each image's outcome. Every request
+carries `Authorization: Bearer <API token>` (the same token as MCP). Errors are
+`{"success": false, "error": "<code>", "message": "..."}`, with `errors` by field on 422,
+`required` and `available` on 402 and `retry_after` on 429.
+
+Webhooks follow Standard Webhooks: a `POST` of `{"type": "image.completed" | "image.failed",
+"timestamp", "data": <the image object>}` with `webhook-id` (stable per job event),
+`webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, keyed
+with the account's `whsec_` secret; retried with backoff for about 8 hours until a 2xx.
+"""

@@ -61,6 +61,7 @@ class ReservationRequest:
     width: int
     height: int
     fingerprint: str = ""
+    webhook_url: str = ""
 
 
 def _timestamp(moment: datetime) -> Timestamp:
@@ -139,7 +140,11 @@ class BillingClient:
                     amount=r.amount,
                     expire_time=_timestamp(expire_time),
                     details=resources_pb2.JobDetails(
-                        model=r.model, width=r.width, height=r.height, request_fingerprint=r.fingerprint
+                        model=r.model,
+                        width=r.width,
+                        height=r.height,
+                        request_fingerprint=r.fingerprint,
+                        webhook_url=r.webhook_url,
                     ),
                 )
                 for r in requests
@@ -183,3 +188,68 @@ class BillingClient:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from exc
         return reply.account.credits
+
+    async def find_reservation(self, job_id: str) -> resources_pb2.Reservation | None:
+        """The reservation of a job, or None when there is none."""
+        try:
+            reply = await self.stub.GetReservation(
+                pb.GetReservationRequest(job_id=job_id), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise translate(exc) from exc
+        return reply.reservation
+
+    async def capture(self, job_id: str, result: resources_pb2.JobResult) -> resources_pb2.Reservation:
+        """Settles a held reservation as spent; returns its state (RELEASED if it was released first)."""
+        try:
+            reply = await self.stub.Capture(
+                pb.CaptureRequest(job_id=job_id, result=result), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return await self.reservation(job_id)
+            raise translate(exc) from exc
+        return reply.reservation
+
+    async def list_reservations(
+        self, account_id: str, page_size: int, page_token: str
+    ) -> pb.ListReservationsResponse:
+        """A page of the account's reservations, newest first; a bad page token is InvalidInputError."""
+        request = pb.ListReservationsRequest(
+            account_id=account_id, page_size=page_size, page_token=page_token
+        )
+        try:
+            return await self.stub.ListReservations(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc) from exc
+
+    async def account(self, account_id: str) -> pb.GetAccountResponse:
+        """The account with its tokens (prefixes only)."""
+        try:
+            return await self.stub.GetAccount(
+                pb.GetAccountRequest(account_id=account_id), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc) from exc
+
+    async def webhook_settings(self, account_id: str) -> pb.GetWebhookSettingsResponse:
+        """The account's default webhook URL and signing secret."""
+        try:
+            return await self.stub.GetWebhookSettings(
+                pb.GetWebhookSettingsRequest(account_id=account_id), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc) from exc
+
+    async def record_webhook_attempt(
+        self, attempt: resources_pb2.WebhookAttempt, final: bool
+    ) -> resources_pb2.WebhookDelivery:
+        try:
+            reply = await self.stub.RecordWebhookAttempt(
+                pb.RecordWebhookAttemptRequest(attempt=attempt, final=final), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise translate(exc) from exc
+        return reply.delivery

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from imagegen.billing.v1 import billing_service_pb2, resources_pb2
+from imagegen_common.catalog import CatalogError, Dimensions, check_input_images
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.errors import InvalidInputError
 
@@ -39,3 +40,24 @@ def provider_reference(model: resources_pb2.Model) -> str:
     if model.provider_version:
         return f"{model.provider_model}:{model.provider_version}"
     return model.provider_model
+
+
+def check_request(model: resources_pb2.Model, width: int, height: int, input_images: int) -> None:
+    """The checks of billing's Quote, made here too so that a refusal names its field.
+
+    Raises InvalidInputError with ``field`` ``width``, ``height`` or ``input_images``.
+    """
+    dims = model.dimensions
+    try:
+        Dimensions(dims.min_width, dims.max_width, dims.min_height, dims.max_height, dims.step or 1).check(
+            model.key, width, height
+        )
+        check_input_images(
+            model.key,
+            input_images,
+            supports_text_to_image=model.supports_text_to_image,
+            supports_image_to_image=model.supports_image_to_image,
+            max_input_images=model.max_input_images,
+        )
+    except CatalogError as exc:
+        raise InvalidInputError(str(exc), field=exc.field) from None

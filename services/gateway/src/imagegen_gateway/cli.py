@@ -12,10 +12,13 @@ def serve(ctx: typer.Context) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight requests finish (up to the drain timeout)."""
     if ctx.invoked_subcommand is not None:
         return
-    # imported here, so that `imagegen <other command>` does not pay for the web stack
+    import asyncio
+    import signal
+
     import uvicorn
 
     from imagegen_common.logging import configure_logging
+    from imagegen_common.ops_http import EmbeddedServer
     from imagegen_gateway.app import create_app
     from imagegen_gateway.config import GatewaySettings
 
@@ -32,4 +35,14 @@ def serve(ctx: typer.Context) -> None:
         proxy_headers=True,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    server = EmbeddedServer(config)
+
+    async def run() -> None:
+        # Our own handlers: uvicorn's re-raise the signal once drained, so the process would end
+        # "killed by SIGTERM" instead of exiting 0 after a clean drain.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        await server.serve()
+
+    asyncio.run(run())

@@ -49,12 +49,54 @@ class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings, Imag
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
     max_request_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    rate_limit_per_minute: int = Field(
+        60,
+        ge=0,
+        description=(
+            "`POST /api/images/generate` requests one API token may make per minute, counted across every "
+            "gateway replica (NATS KV); 0 turns the limit off."
+        ),
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "`host:port` pairs (comma-separated) that webhooks may reach although the SSRF guard refuses "
+            "their address (loopback, private); for tests and local receivers. Everything else stays refused."
+        ),
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time limit of one webhook delivery attempt (connect, send, answer)."
+    )
+    webhook_retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0],
+        description=(
+            "Delays before each retry of a failed webhook delivery (comma-separated seconds); one attempt "
+            "more than delays in all. The default retries for about 8 hours."
+        ),
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, le=1024, description="Webhook deliveries one gateway replica makes at the same time."
+    )
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_retry_delays_seconds", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(item) for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("webhook_retry_delays_seconds")
+    @classmethod
+    def _check_delays(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value) or len(value) > 50:
+            raise ValueError("webhook retry delays must be positive, at most 50 of them")
         return value
 
     @cached_property

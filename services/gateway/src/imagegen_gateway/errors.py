@@ -64,3 +64,28 @@ class GenerationTimeoutError(GatewayError):
 class ServiceUnavailableError(GatewayError):
     code = "unavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class NotFoundError(GatewayError):
+    """The thing asked for does not exist, or belongs to another account (the same answer for both)."""
+
+    code = "not_found"
+    status = HTTPStatus.NOT_FOUND
+
+
+class ConflictError(GatewayError):
+    """The request collides with another one still in progress (the same idempotency key)."""
+
+    code = "conflict"
+    status = HTTPStatus.CONFLICT
+
+
+class RateLimitedError(GatewayError):
+    code = "rate_limited"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, retry_after: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        #: Headers of the answer (Retry-After and the RateLimit fields).
+        self.headers = headers or {"Retry-After": str(retry_after)}

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import anyio
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -27,7 +28,7 @@ from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
 from imagegen_common.outcomes import error_code_name
 from imagegen_gateway.billing_client import BillingClient, Principal, ReservationRequest
-from imagegen_gateway.catalog import ModelCatalog, provider_reference
+from imagegen_gateway.catalog import ModelCatalog, check_request, provider_reference
 from imagegen_gateway.errors import (
     GenerationFailedError,
     GenerationTimeoutError,
@@ -35,7 +36,7 @@ from imagegen_gateway.errors import (
     ServiceUnavailableError,
 )
 from imagegen_gateway.jobs import JobBus
-from imagegen_gateway.metrics import GENERATION_WAIT, WAITS_IN_FLIGHT
+from imagegen_gateway.metrics import GENERATION_WAIT, IMAGES_SUBMITTED, WAITS_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +131,26 @@ class Generations:
         self.job_timeout = timedelta(seconds=job_timeout)
         self.reservation_grace = timedelta(seconds=reservation_grace)
         self.poll_interval = poll_interval
+        self._settling: set[asyncio.Task[object]] = set()
 
     async def submit(
-        self, principal: Principal, request: ImageRequest, job_ids: Sequence[str], reply: bool = True
+        self,
+        principal: Principal,
+        request: ImageRequest,
+        job_ids: Sequence[str],
+        reply: bool = True,
+        *,
+        webhook_url: str = "",
+        frontend: str = "mcp",
     ) -> list[Submission]:
         """Quotes, holds the credits of every job (all or none) and queues the new ones.
 
         A job id that already has a reservation (an idempotent repeat) is returned as it stands,
-        provided the request is the same; it is not charged again.
+        provided the request is the same; it is not charged again. ``webhook_url`` is kept with each
+        job's reservation; the outcome is posted there.
         """
         model = await self.catalog.get(request.model)
+        check_request(model, request.width, request.height, len(request.input_image_urls))
         quote = await self.billing.quote(
             model.key, request.width, request.height, len(request.input_image_urls)
         )
@@ -149,7 +160,7 @@ class Generations:
             principal.account_id,
             [
                 ReservationRequest(
-                    job_id, quote.credits, model.key, request.width, request.height, fingerprint
+                    job_id, quote.credits, model.key, request.width, request.height, fingerprint, webhook_url
                 )
                 for job_id in job_ids
             ],
@@ -184,6 +195,7 @@ class Generations:
             raise ServiceUnavailableError(
                 f"the job queue is unavailable; please try again shortly. {NOT_CHARGED}"
             ) from exc
+        IMAGES_SUBMITTED.labels(frontend=frontend).inc(len(queued))
         for submission in queued:
             log.info(
                 "job queued",
@@ -232,7 +244,7 @@ class Generations:
         timeout or cancellation — unless the image was made before the client gave up."""
         job_id = idempotent_job_id(principal.account_id, idempotency_key) if idempotency_key else new_job_id()
         with self.bus.watch(job_id) as updates:
-            [submission] = await self.submit(principal, request, [job_id])
+            [submission] = await self.submit(principal, request, [job_id], frontend=frontend)
             started = time.perf_counter()
             try:
                 with WAITS_IN_FLIGHT.track_inprogress():
@@ -247,14 +259,29 @@ class Generations:
                     ) from None
                 result = made_anyway
             except BaseException:  # the client went away (cancellation) or we failed: free the credits
-                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await self._abandon(submission, "cancelled")
+                await self._in_background(self._abandon(submission, "cancelled"))
                 raise
         if result.image_url:
             return await self._delivered(principal, submission, result)
-        with anyio.CancelScope(shield=True):
-            await self.billing.release(submission.job_id, f"failed: {result.error_code}", result)
+        await self._in_background(
+            self.billing.release(submission.job_id, f"failed: {result.error_code}", result)
+        )
         raise failure_of(result, "the image could not be generated.")
+
+    async def _in_background(self, settle: Coroutine[Any, Any, object]) -> None:
+        """Runs a settlement to its end even when the caller is cancelled meanwhile (a client that
+        left must still get its credits back); a failure is logged, and billing's reaper frees the
+        reservation at its deadline anyway."""
+        task = asyncio.ensure_future(settle)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+        with contextlib.suppress(Exception):  # logged by _settled
+            await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[object]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("settling a job failed", exc_info=task.exception())
 
     async def _delivered(
         self, principal: Principal, submission: Submission, result: resources_pb2.JobResult

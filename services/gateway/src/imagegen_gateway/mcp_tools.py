@@ -6,8 +6,11 @@ act on is a tool result with ``isError`` and a sentence, never a protocol error 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from mcp import types
@@ -20,7 +23,7 @@ from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
 from imagegen_gateway.billing_client import Principal
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.errors import GatewayError
-from imagegen_gateway.generation import DeliveredImage, Generations, ImageRequest
+from imagegen_gateway.generation import NOT_CHARGED, DeliveredImage, Generations, ImageRequest
 from imagegen_gateway.metrics import TOOL_CALLS
 from imagegen_gateway.providers import ProviderRegistry
 from imagegen_gateway.views import model_view
@@ -137,6 +140,36 @@ def principal_of(ctx: ServerRequestContext[Any, Any]) -> Principal:
     return principal
 
 
+class InFlightCalls:
+    """Generations running in this process, by caller and JSON-RPC request id.
+
+    In stateless Streamable HTTP a client's ``notifications/cancelled`` arrives on a POST of its own,
+    which the SDK cannot relate to the call it names; this registry does, so that the generation
+    stops, its credits are released, and the call answers at once. (A client that closes the call's
+    stream is cancelled by the SDK itself.)
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[tuple[str, str], asyncio.Task[Any]] = {}
+
+    @contextmanager
+    def track(self, account_id: str, request_id: object, task: asyncio.Task[Any]) -> Iterator[None]:
+        key = (account_id, str(request_id))
+        self._tasks[key] = task
+        try:
+            yield
+        finally:
+            if self._tasks.get(key) is task:
+                del self._tasks[key]
+
+    def cancel(self, account_id: str, request_id: object) -> bool:
+        task = self._tasks.get((account_id, str(request_id)))
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+
 class ImagegenTools:
     """Handlers of tools/list and tools/call."""
 
@@ -144,6 +177,7 @@ class ImagegenTools:
         self.generations = generations
         self.catalog = catalog
         self.providers = providers
+        self.in_flight = InFlightCalls()
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -240,9 +274,20 @@ class ImagegenTools:
             last_progress = max(last_progress + 0.001, round(elapsed, 3))  # must grow at every notification
             await ctx.session.report_progress(last_progress, None, f"{stage} ({elapsed:.0f}s)")
 
-        image = await self.generations.generate(
-            principal, request, on_progress=report, idempotency_key=args.idempotency_key
+        generation = asyncio.ensure_future(
+            self.generations.generate(
+                principal, request, on_progress=report, idempotency_key=args.idempotency_key
+            )
         )
+        with self.in_flight.track(principal.account_id, ctx.request_id, generation):
+            try:
+                image = await generation  # if this call is cancelled (the client left), so is the generation
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # only the generation was cancelled: by the client's notifications/cancelled
+                return _error(f"The call was cancelled at the client's request. {NOT_CHARGED}")
         return _image_result(image)
 
 
@@ -269,7 +314,7 @@ def _image_result(image: DeliveredImage) -> types.CallToolResult:
 
 
 def build_server(tools: ImagegenTools, version: str) -> Server[Any]:
-    return Server(
+    server: Server[Any] = Server(
         SERVER_NAME,
         version=version,
         title="imagegen",
@@ -280,3 +325,4 @@ def build_server(tools: ImagegenTools, version: str) -> Server[Any]:
         on_list_tools=tools.list_tools,
         on_call_tool=tools.call_tool,
     )
+    return server

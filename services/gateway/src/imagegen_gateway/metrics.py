@@ -29,6 +29,29 @@ GENERATION_WAIT = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
 )
 WAITS_IN_FLIGHT = Gauge("imagegen_gateway_waits_in_flight", "Generations being waited for right now.")
+IMAGES_SUBMITTED = Counter(
+    "imagegen_gateway_images_submitted_total",
+    "Images whose credits were held and whose jobs were queued, by front end.",
+    ["frontend"],
+)
+RATE_LIMITED = Counter(
+    "imagegen_gateway_rate_limited_total", "Requests refused with 429 by the per-token rate limit."
+)
+IDEMPOTENT_REPLAYS = Counter(
+    "imagegen_gateway_idempotent_replays_total",
+    "REST requests answered from an Idempotency-Key's stored answer, or refused for it, by result.",
+    ["result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "imagegen_gateway_webhook_deliveries_total",
+    "Webhook delivery attempts by event type and result (delivered, retry, failed, refused).",
+    ["event", "result"],
+)
+WEBHOOK_DURATION = Histogram(
+    "imagegen_gateway_webhook_delivery_duration_seconds",
+    "Duration of one webhook delivery attempt.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 def route_template(scope: Scope) -> str:

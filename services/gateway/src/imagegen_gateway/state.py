@@ -10,16 +10,24 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client as NATS
 
+from imagegen_common import nats_names
 from imagegen_common.images import ImageStore, open_image_store
+from imagegen_common.jetstream import ensure_key_value
+from imagegen_common.safe_fetch import FetchPolicy, SafeFetcher
 from imagegen_gateway.auth import Authenticator
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.generation import Generations
+from imagegen_gateway.idempotency import IdempotencyKeys
 from imagegen_gateway.jobs import JobBus
 from imagegen_gateway.mcp_tools import ImagegenTools, build_server
 from imagegen_gateway.mcp_transport import McpEndpoint
 from imagegen_gateway.providers import ProviderRegistry
+from imagegen_gateway.ratelimit import RateLimiter
+from imagegen_gateway.webhooks.dispatcher import WebhookDispatcher
+from imagegen_gateway.webhooks.sender import WebhookSender
+from imagegen_gateway.webhooks.targets import WebhookTargets
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,10 @@ class Gateway:
     authenticator: Authenticator
     generations: Generations
     mcp: McpEndpoint
+    rate_limiter: RateLimiter
+    idempotency: IdempotencyKeys
+    webhook_targets: WebhookTargets
+    webhooks: WebhookDispatcher
 
 
 async def _connect_nats(settings: GatewaySettings) -> NATS:
@@ -68,20 +80,66 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
             reservation_grace=settings.reservation_grace_seconds,
             poll_interval=settings.progress_interval_seconds,
         )
+        tools = ImagegenTools(generations, catalog, providers)
         mcp = McpEndpoint(
-            build_server(ImagegenTools(generations, catalog, providers), version),
+            build_server(tools, version),
             authenticator,
+            tools.in_flight,
             settings.origin_allow_list,
+            settings.max_request_body_bytes,
         )
-        async with (
-            open_image_store(settings, nc, replicas=settings.nats_stream_replicas) as images,
-            mcp.run(),
-        ):
-            yield Gateway(
-                settings, billing, nc, bus, images, catalog, providers, authenticator, generations, mcp
-            )
+        js = nc.jetstream()
+        replicas = settings.nats_stream_replicas
+        rate_limiter = RateLimiter(
+            await ensure_key_value(js, nats_names.rate_limits_kv_config(replicas))
+            if settings.rate_limit_per_minute
+            else None,
+            settings.rate_limit_per_minute,
+        )
+        idempotency = IdempotencyKeys(await ensure_key_value(js, nats_names.idempotency_kv_config(replicas)))
+        sender = WebhookSender(webhook_fetcher(settings), settings.webhook_timeout_seconds)
+        webhooks = WebhookDispatcher(
+            js,
+            billing,
+            sender,
+            retry_delays=settings.webhook_retry_delays_seconds,
+            concurrency=settings.webhook_concurrency,
+            stream_replicas=replicas,
+        )
+        await webhooks.start()
+        try:
+            async with (
+                open_image_store(settings, nc, replicas=replicas) as images,
+                mcp.run(),
+            ):
+                yield Gateway(
+                    settings,
+                    billing,
+                    nc,
+                    bus,
+                    images,
+                    catalog,
+                    providers,
+                    authenticator,
+                    generations,
+                    mcp,
+                    rate_limiter=rate_limiter,
+                    idempotency=idempotency,
+                    webhook_targets=WebhookTargets(billing, sender, settings.auth_cache_seconds),
+                    webhooks=webhooks,
+                )
+        finally:
+            await webhooks.stop()
         await bus.close()
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()
         await billing.close()
+
+
+def webhook_fetcher(settings: GatewaySettings) -> SafeFetcher:
+    """The SSRF guard of webhooks: input images' rules, bar the explicitly allowed ``host:port`` pairs."""
+    allowed = frozenset(entry.strip().lower() for entry in settings.webhook_allowed_hosts if entry.strip())
+    return SafeFetcher(
+        FetchPolicy(timeout_seconds=settings.webhook_timeout_seconds, max_redirects=0, allowed_hosts=allowed)
+    )

@@ -76,6 +76,26 @@ class AdminServiceStub:
                 request_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.SetWebhook = channel.unary_unary(
+                '/imagegen.admin.v1.AdminService/SetWebhook',
+                request_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookRequest.SerializeToString,
+                response_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookResponse.FromString,
+                _registered_method=True)
+        self.GetWebhook = channel.unary_unary(
+                '/imagegen.admin.v1.AdminService/GetWebhook',
+                request_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookRequest.SerializeToString,
+                response_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookResponse.FromString,
+                _registered_method=True)
+        self.ClearWebhook = channel.unary_unary(
+                '/imagegen.admin.v1.AdminService/ClearWebhook',
+                request_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookRequest.SerializeToString,
+                response_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/imagegen.admin.v1.AdminService/RotateWebhookSecret',
+                request_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -136,6 +156,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWebhook(self, request, context):
+        """Sets the account's default webhook URL; makes its signing secret if it has none (in the answer,
+        once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhook(self, request, context):
+        """The account's webhook settings (never the secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearWebhook(self, request, context):
+        """Removes the account's default webhook URL; the secret stays for webhooks that requests name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """Replaces the account's signing secret; the new one is in the answer and nowhere else, ever.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +227,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'SetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWebhook,
+                    request_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookRequest.FromString,
+                    response_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookResponse.SerializeToString,
+            ),
+            'GetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhook,
+                    request_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookRequest.FromString,
+                    response_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookResponse.SerializeToString,
+            ),
+            'ClearWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearWebhook,
+                    request_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookRequest.FromString,
+                    response_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +467,114 @@ class AdminService:
             '/imagegen.admin.v1.AdminService/ListLedgerEntries',
             imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesRequest.SerializeToString,
             imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.admin.v1.AdminService/SetWebhook',
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookRequest.SerializeToString,
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.SetWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.admin.v1.AdminService/GetWebhook',
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookRequest.SerializeToString,
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.GetWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.admin.v1.AdminService/ClearWebhook',
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookRequest.SerializeToString,
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.ClearWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.admin.v1.AdminService/RotateWebhookSecret',
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            imagegen_dot_admin_dot_v1_dot_admin__service__pb2.RotateWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

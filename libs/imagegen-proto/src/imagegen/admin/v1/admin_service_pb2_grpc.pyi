@@ -48,6 +48,16 @@ class AdminServiceStub:
     """Adds credits (a positive amount) or removes them (a negative one, never below zero)."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListLedgerEntriesRequest, _admin_service_pb2.ListLedgerEntriesResponse]
     """An account's ledger, newest first."""
+    SetWebhook: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetWebhookRequest, _admin_service_pb2.SetWebhookResponse]
+    """Sets the account's default webhook URL; makes its signing secret if it has none (in the answer,
+    once).
+    """
+    GetWebhook: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookRequest, _admin_service_pb2.GetWebhookResponse]
+    """The account's webhook settings (never the secret)."""
+    ClearWebhook: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ClearWebhookRequest, _admin_service_pb2.ClearWebhookResponse]
+    """Removes the account's default webhook URL; the secret stays for webhooks that requests name."""
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RotateWebhookSecretRequest, _admin_service_pb2.RotateWebhookSecretResponse]
+    """Replaces the account's signing secret; the new one is in the answer and nowhere else, ever."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -69,6 +79,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Adds credits (a positive amount) or removes them (a negative one, never below zero)."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListLedgerEntriesRequest, _admin_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """An account's ledger, newest first."""
+    SetWebhook: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetWebhookRequest, _admin_service_pb2.SetWebhookResponse]  # type: ignore[assignment]
+    """Sets the account's default webhook URL; makes its signing secret if it has none (in the answer,
+    once).
+    """
+    GetWebhook: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetWebhookRequest, _admin_service_pb2.GetWebhookResponse]  # type: ignore[assignment]
+    """The account's webhook settings (never the secret)."""
+    ClearWebhook: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ClearWebhookRequest, _admin_service_pb2.ClearWebhookResponse]  # type: ignore[assignment]
+    """Removes the account's default webhook URL; the secret stays for webhooks that requests name."""
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RotateWebhookSecretRequest, _admin_service_pb2.RotateWebhookSecretResponse]  # type: ignore[assignment]
+    """Replaces the account's signing secret; the new one is in the answer and nowhere else, ever."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of accounts, tokens and credits. Every call must carry the metadata
@@ -135,5 +155,39 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_admin_service_pb2.ListLedgerEntriesResponse]]:
         """An account's ledger, newest first."""
+
+    @_abc_1.abstractmethod
+    def SetWebhook(
+        self,
+        request: _admin_service_pb2.SetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetWebhookResponse, _abc.Awaitable[_admin_service_pb2.SetWebhookResponse]]:
+        """Sets the account's default webhook URL; makes its signing secret if it has none (in the answer,
+        once).
+        """
+
+    @_abc_1.abstractmethod
+    def GetWebhook(
+        self,
+        request: _admin_service_pb2.GetWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetWebhookResponse, _abc.Awaitable[_admin_service_pb2.GetWebhookResponse]]:
+        """The account's webhook settings (never the secret)."""
+
+    @_abc_1.abstractmethod
+    def ClearWebhook(
+        self,
+        request: _admin_service_pb2.ClearWebhookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ClearWebhookResponse, _abc.Awaitable[_admin_service_pb2.ClearWebhookResponse]]:
+        """Removes the account's default webhook URL; the secret stays for webhooks that requests name."""
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _admin_service_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RotateWebhookSecretResponse, _abc.Awaitable[_admin_service_pb2.RotateWebhookSecretResponse]]:
+        """Replaces the account's signing secret; the new one is in the answer and nowhere else, ever."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -84,6 +84,26 @@ class BillingServiceStub:
                 request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationRequest.SerializeToString,
                 response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationResponse.FromString,
                 _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/imagegen.billing.v1.BillingService/ListReservations',
+                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookSettings = channel.unary_unary(
+                '/imagegen.billing.v1.BillingService/GetWebhookSettings',
+                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsRequest.SerializeToString,
+                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsResponse.FromString,
+                _registered_method=True)
+        self.RecordWebhookAttempt = channel.unary_unary(
+                '/imagegen.billing.v1.BillingService/RecordWebhookAttempt',
+                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptRequest.SerializeToString,
+                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookAttempts = channel.unary_unary(
+                '/imagegen.billing.v1.BillingService/ListWebhookAttempts',
+                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsRequest.SerializeToString,
+                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -157,6 +177,35 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListReservations(self, request, context):
+        """An account's reservations (its images), newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSettings(self, request, context):
+        """An account's webhook settings and signing secret, for the gateway to sign deliveries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordWebhookAttempt(self, request, context):
+        """Records one attempt to deliver a job's webhook and returns the delivery's summary.
+        Idempotent on (job_id, attempt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookAttempts(self, request, context):
+        """Every recorded attempt of a job's webhook, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +253,26 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.GetReservation,
                     request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationRequest.FromString,
                     response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsRequest.FromString,
+                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsResponse.SerializeToString,
+            ),
+            'GetWebhookSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSettings,
+                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsRequest.FromString,
+                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsResponse.SerializeToString,
+            ),
+            'RecordWebhookAttempt': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordWebhookAttempt,
+                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptRequest.FromString,
+                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptResponse.SerializeToString,
+            ),
+            'ListWebhookAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookAttempts,
+                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsRequest.FromString,
+                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +523,114 @@ class BillingService:
             '/imagegen.billing.v1.BillingService/GetReservation',
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationRequest.SerializeToString,
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.billing.v1.BillingService/ListReservations',
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsRequest.SerializeToString,
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListReservationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.billing.v1.BillingService/GetWebhookSettings',
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsRequest.SerializeToString,
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetWebhookSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordWebhookAttempt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.billing.v1.BillingService/RecordWebhookAttempt',
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptRequest.SerializeToString,
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.RecordWebhookAttemptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.billing.v1.BillingService/ListWebhookAttempts',
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsRequest.SerializeToString,
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ListWebhookAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,16 @@ class BillingServiceStub:
     """An account with its balance."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]
     """A reservation by job id."""
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListReservationsRequest, _billing_service_pb2.ListReservationsResponse]
+    """An account's reservations (its images), newest first, a page at a time."""
+    GetWebhookSettings: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetWebhookSettingsRequest, _billing_service_pb2.GetWebhookSettingsResponse]
+    """An account's webhook settings and signing secret, for the gateway to sign deliveries."""
+    RecordWebhookAttempt: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.RecordWebhookAttemptRequest, _billing_service_pb2.RecordWebhookAttemptResponse]
+    """Records one attempt to deliver a job's webhook and returns the delivery's summary.
+    Idempotent on (job_id, attempt).
+    """
+    ListWebhookAttempts: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListWebhookAttemptsRequest, _billing_service_pb2.ListWebhookAttemptsResponse]
+    """Every recorded attempt of a job's webhook, oldest first."""
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -85,6 +95,16 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """An account with its balance."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]  # type: ignore[assignment]
     """A reservation by job id."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListReservationsRequest, _billing_service_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """An account's reservations (its images), newest first, a page at a time."""
+    GetWebhookSettings: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetWebhookSettingsRequest, _billing_service_pb2.GetWebhookSettingsResponse]  # type: ignore[assignment]
+    """An account's webhook settings and signing secret, for the gateway to sign deliveries."""
+    RecordWebhookAttempt: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.RecordWebhookAttemptRequest, _billing_service_pb2.RecordWebhookAttemptResponse]  # type: ignore[assignment]
+    """Records one attempt to deliver a job's webhook and returns the delivery's summary.
+    Idempotent on (job_id, attempt).
+    """
+    ListWebhookAttempts: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListWebhookAttemptsRequest, _billing_service_pb2.ListWebhookAttemptsResponse]  # type: ignore[assignment]
+    """Every recorded attempt of a job's webhook, oldest first."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
@@ -165,5 +185,39 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.GetReservationResponse, _abc.Awaitable[_billing_service_pb2.GetReservationResponse]]:
         """A reservation by job id."""
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _billing_service_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListReservationsResponse, _abc.Awaitable[_billing_service_pb2.ListReservationsResponse]]:
+        """An account's reservations (its images), newest first, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def GetWebhookSettings(
+        self,
+        request: _billing_service_pb2.GetWebhookSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetWebhookSettingsResponse, _abc.Awaitable[_billing_service_pb2.GetWebhookSettingsResponse]]:
+        """An account's webhook settings and signing secret, for the gateway to sign deliveries."""
+
+    @_abc_1.abstractmethod
+    def RecordWebhookAttempt(
+        self,
+        request: _billing_service_pb2.RecordWebhookAttemptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.RecordWebhookAttemptResponse, _abc.Awaitable[_billing_service_pb2.RecordWebhookAttemptResponse]]:
+        """Records one attempt to deliver a job's webhook and returns the delivery's summary.
+        Idempotent on (job_id, attempt).
+        """
+
+    @_abc_1.abstractmethod
+    def ListWebhookAttempts(
+        self,
+        request: _billing_service_pb2.ListWebhookAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListWebhookAttemptsResponse, _abc.Awaitable[_billing_service_pb2.ListWebhookAttemptsResponse]]:
+        """Every recorded attempt of a job's webhook, oldest first."""
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -251,6 +251,7 @@ class JobDetails(_message.Message):
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
     REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     width: _builtins.int
     height: _builtins.int
@@ -258,6 +259,8 @@ class JobDetails(_message.Message):
     """Hash of the whole request (prompt included) that made the job, so that a client's retry with the
     same idempotency key but another request is told apart from a true repeat.
     """
+    webhook_url: _builtins.str
+    """Where the job's outcome is posted (a REST job with a webhook); empty for none."""
     def __init__(
         self,
         *,
@@ -265,10 +268,11 @@ class JobDetails(_message.Message):
         width: _builtins.int = ...,
         height: _builtins.int = ...,
         request_fingerprint: _builtins.str = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "request_fingerprint", b"request_fingerprint", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "request_fingerprint", b"request_fingerprint", "webhook_url", b"webhook_url", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,6 +354,7 @@ class Reservation(_message.Message):
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     account_id: _builtins.str
     amount: _builtins.int
@@ -376,6 +381,10 @@ class Reservation(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was taken by a generator (unset while queued)."""
 
+    @_builtins.property
+    def webhook(self) -> Global___WebhookDelivery:
+        """Delivery of the job's outcome to its webhook; unset when the job has none."""
+
     def __init__(
         self,
         *,
@@ -390,14 +399,147 @@ class Reservation(_message.Message):
         release_reason: _builtins.str = ...,
         result: Global___JobResult | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_reason", b"release_reason", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_reason", b"release_reason", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Reservation: _TypeAlias = Reservation  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """Where a job's outcome webhook stands, summarised from its attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookDelivery._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: WebhookDelivery._State.ValueType  # 0
+        STATE_PENDING: WebhookDelivery._State.ValueType  # 1
+        """Not delivered yet: the first attempt or a retry is to come."""
+        STATE_DELIVERED: WebhookDelivery._State.ValueType  # 2
+        """A receiver answered 2xx."""
+        STATE_FAILED: WebhookDelivery._State.ValueType  # 3
+        """Every attempt failed (or the URL was refused); no more retries."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: WebhookDelivery.State.ValueType  # 0
+    STATE_PENDING: WebhookDelivery.State.ValueType  # 1
+    """Not delivered yet: the first attempt or a retry is to come."""
+    STATE_DELIVERED: WebhookDelivery.State.ValueType  # 2
+    """A receiver answered 2xx."""
+    STATE_FAILED: WebhookDelivery.State.ValueType  # 3
+    """Every attempt failed (or the URL was refused); no more retries."""
+
+    URL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    state: Global___WebhookDelivery.State.ValueType
+    attempt_count: _builtins.int
+    last_status_code: _builtins.int
+    """HTTP status of the last attempt; 0 when it got no answer."""
+    last_error: _builtins.str
+    """Why the last attempt failed, when it got no answer or was refused."""
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        state: Global___WebhookDelivery.State.ValueType = ...,
+        attempt_count: _builtins.int = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_attempt_time", b"last_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "last_status_code", b"last_status_code", "state", b"state", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class WebhookAttempt(_message.Message):
+    """One attempt to deliver a job's outcome webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    """1 for the first attempt."""
+    status_code: _builtins.int
+    """HTTP status the receiver answered; 0 when there was no answer."""
+    error: _builtins.str
+    """Why there was no answer (timeout, refused address, ...); empty otherwise."""
+    @_builtins.property
+    def attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        error: _builtins.str = ...,
+        attempt_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_time", b"attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempt_time", b"attempt_time", "error", b"error", "job_id", b"job_id", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookAttempt: _TypeAlias = WebhookAttempt  # noqa: Y015
+
+@_typing.final
+class WebhookSettings(_message.Message):
+    """An account's webhook settings: the default URL of its REST jobs and whether it has a signing secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HAS_SECRET_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    url: _builtins.str
+    """Default webhook of the account's REST jobs that name none; empty for none."""
+    has_secret: _builtins.bool
+    """True once a signing secret exists (the secret itself is shown only when it is made)."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        has_secret: _builtins.bool = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "has_secret", b"has_secret", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookSettings: _TypeAlias = WebhookSettings  # noqa: Y015
 
 @_typing.final
 class LedgerEntry(_message.Message):

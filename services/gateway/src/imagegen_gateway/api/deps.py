@@ -1,0 +1,60 @@
+"""Dependencies of the REST routes: the caller (bearer token) and the generate quota."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import nats.errors
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from imagegen_gateway.billing_client import Principal
+from imagegen_gateway.deps import gateway_of
+from imagegen_gateway.errors import RateLimitedError, ServiceUnavailableError
+from imagegen_gateway.metrics import RATE_LIMITED
+from imagegen_gateway.ratelimit import RateDecision
+from imagegen_gateway.state import Gateway
+
+log = logging.getLogger(__name__)
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="An API token: `Authorization: Bearer igk_…` (the same token as MCP).",
+)
+
+
+async def authenticated(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Principal:
+    """The caller; InvalidTokenError (401) for a missing, unknown or revoked token."""
+    return await gateway_of(request).authenticator.from_headers(request.headers)
+
+
+async def generate_quota(
+    request: Request, principal: Annotated[Principal, Depends(authenticated)]
+) -> RateDecision | None:
+    """Counts a generate request against its token's quota; 429 when it is spent (None: no limit)."""
+    limiter = gateway_of(request).rate_limiter
+    if not limiter.enabled:
+        return None
+    try:
+        decision = await limiter.take(principal.token_id)
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("rate limiter unavailable", extra={"error": repr(exc)})
+        raise ServiceUnavailableError("the service is unavailable for a moment; please try again") from exc
+    if not decision.allowed:
+        RATE_LIMITED.inc()
+        raise RateLimitedError(
+            f"Too many generate requests: at most {decision.limit} a minute with one API token. "
+            f"Try again in {decision.reset_seconds} seconds; nothing was charged.",
+            retry_after=decision.reset_seconds,
+            headers=decision.headers(),
+        )
+    return decision
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+Caller = Annotated[Principal, Depends(authenticated)]
+GenerateQuota = Annotated[RateDecision | None, Depends(generate_quota)]

@@ -1,0 +1,266 @@
+"""The webhook dispatcher: a durable JetStream consumer of job outcomes (``webhooks``), shared by every
+gateway replica, that posts each REST job's outcome to its webhook.
+
+For every outcome it reads the job's reservation; a job without a webhook (or whose webhook is done)
+is acked at once. Otherwise it settles the reservation from the outcome if billing has not yet (the
+same idempotent capture or release as billing's settlement, so that the webhook and
+``GET /api/images/{id}`` agree), signs the image object and POSTs it. Every attempt is recorded in
+billing. A failed attempt is nak'ed with the next delay of the retry schedule (hours in all); the last
+one, or a URL the guard refuses, ends the delivery as failed. A replica that dies mid-delivery leaves
+the message unacked: another one takes it after the ack wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from imagegen.billing.v1 import resources_pb2
+from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common import nats_names
+from imagegen_common.jetstream import ensure_stream
+from imagegen_gateway.api.views import image
+from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway.errors import GatewayError
+from imagegen_gateway.generation import result_of
+from imagegen_gateway.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DURATION
+from imagegen_gateway.webhooks.sender import SendResult, WebhookSender
+from imagegen_gateway.webhooks.signing import COMPLETED, FAILED, message_body, message_id, signed_headers
+
+log = logging.getLogger(__name__)
+
+Reservation = resources_pb2.Reservation
+#: Wait before a message whose handling failed on our side (billing unreachable) is tried again,
+#: doubled for every delivery of the message, up to the maximum.
+INTERNAL_RETRY_SECONDS = 5.0
+INTERNAL_RETRY_MAX_SECONDS = 300.0
+#: Deliveries a message may have beyond its attempts, for the failures on our side.
+SPARE_DELIVERIES = 20
+_FETCH_TIMEOUT_SECONDS = 1.0
+_FETCH_ERROR_PAUSE_SECONDS = 0.5
+
+
+def retry_delay(attempt: int, delays: Sequence[float]) -> float | None:
+    """Seconds before the attempt after ``attempt`` (1-based); None when none follows."""
+    return delays[attempt - 1] if 1 <= attempt <= len(delays) else None
+
+
+def internal_retry_delay(deliveries: int) -> float:
+    """Seconds before a message that failed on our side is tried again (its ``deliveries`` so far)."""
+    return min(INTERNAL_RETRY_MAX_SECONDS, INTERNAL_RETRY_SECONDS * 2.0 ** min(deliveries - 1, 10))
+
+
+def consumer_config(ack_wait_seconds: float, max_attempts: int) -> ConsumerConfig:
+    """The gateways' shared durable pull consumer of outcomes (new ones only: no backlog on creation)."""
+    return ConsumerConfig(
+        durable_name=nats_names.WEBHOOKS_CONSUMER,
+        description="imagegen gateways: outcomes of REST jobs to their webhooks",
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_seconds,
+        max_deliver=max_attempts + SPARE_DELIVERIES,
+        filter_subject=nats_names.OUTCOME_SUBJECT,
+        max_ack_pending=-1,
+    )
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        billing: BillingClient,
+        sender: WebhookSender,
+        *,
+        retry_delays: Sequence[float],
+        concurrency: int,
+        stream_replicas: int = 1,
+    ) -> None:
+        self._js = js
+        self._billing = billing
+        self._sender = sender
+        self._delays = list(retry_delays)
+        self.max_attempts = len(self._delays) + 1
+        self._concurrency = concurrency
+        self._replicas = stream_replicas
+        self._ack_wait = sender.timeout_seconds + 30.0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Creates (or updates) the consumer and starts pulling; returns at once."""
+        await ensure_stream(self._js, nats_names.events_stream_config(self._replicas))
+        await self._js.add_consumer(
+            nats_names.EVENTS_STREAM, consumer_config(self._ack_wait, self.max_attempts)
+        )
+        self._sub = await self._js.pull_subscribe_bind(
+            durable=nats_names.WEBHOOKS_CONSUMER, stream=nats_names.EVENTS_STREAM
+        )
+        self._loop = asyncio.create_task(self._pull_loop(), name="webhook-dispatcher")
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stops pulling; deliveries in flight get ``grace_seconds``, the rest are handed back."""
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self._tasks:
+            _, unfinished = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished)
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _pull_loop(self) -> None:
+        assert self._sub is not None
+        while True:
+            await self._slots.acquire()
+            wanted = 1
+            while not self._slots.locked() and wanted < self._concurrency:
+                await self._slots.acquire()  # free right now: does not wait
+                wanted += 1
+            messages: list[Msg] = []
+            try:
+                messages = await self._sub.fetch(batch=wanted, timeout=_FETCH_TIMEOUT_SECONDS)
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away or reconnecting: the loop must outlive it
+                log.warning("fetching outcomes for webhooks failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(_FETCH_ERROR_PAUSE_SECONDS)
+            for _ in range(wanted - len(messages)):
+                self._slots.release()
+            for msg in messages:
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._handle_outcome(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            # Billing unreachable, NATS hiccup…: nothing was recorded, so the message comes back.
+            level = logging.WARNING if isinstance(exc, GatewayError) else logging.ERROR
+            log.log(level, "webhook handling failed; retrying", exc_info=not isinstance(exc, GatewayError))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
+        finally:
+            self._slots.release()
+
+    async def _handle_outcome(self, msg: Msg) -> None:
+        try:
+            outcome = jobs_pb2.JobOutcome.FromString(msg.data)
+        except DecodeError:
+            outcome = jobs_pb2.JobOutcome()
+        if not outcome.job_id:
+            await msg.term()
+            return
+        reservation = await self._billing.find_reservation(outcome.job_id)
+        if (
+            reservation is None
+            or not reservation.HasField("webhook")
+            or reservation.webhook.state != resources_pb2.WebhookDelivery.STATE_PENDING
+        ):
+            await msg.ack()
+            return
+        if reservation.state == Reservation.STATE_HELD:
+            reservation = await self._settle(reservation, outcome)
+            if reservation.state == Reservation.STATE_HELD:  # billing's settlement will do it: wait
+                await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
+                return
+        attempt = reservation.webhook.attempt_count + 1
+        event_type = COMPLETED if reservation.state == Reservation.STATE_CAPTURED else FAILED
+        result = await self._send(reservation, outcome, event_type)
+        delay = None if result.delivered or result.refused else retry_delay(attempt, self._delays)
+        await self._billing.record_webhook_attempt(
+            resources_pb2.WebhookAttempt(
+                job_id=reservation.job_id,
+                attempt=attempt,
+                status_code=result.status_code,
+                error=result.error,
+                attempt_time=_now_stamp(),
+            ),
+            final=delay is None,
+        )
+        outcome_label = _result_label(result, retrying=delay is not None)
+        WEBHOOK_DELIVERIES.labels(event=event_type, result=outcome_label).inc()
+        WEBHOOK_DURATION.observe(result.seconds)
+        log.info(
+            "webhook attempt",
+            extra={
+                "job_id": reservation.job_id,
+                "attempt": attempt,
+                "status": result.status_code,
+                "result": outcome_label,
+            },
+        )
+        if delay is None:
+            await msg.ack()
+        else:
+            await msg.nak(delay=delay)
+
+    async def _settle(
+        self, reservation: resources_pb2.Reservation, outcome: jobs_pb2.JobOutcome
+    ) -> resources_pb2.Reservation:
+        """Billing's settlement of the outcome, done now (idempotent on the job id)."""
+        try:
+            result = result_of(outcome)
+        except ValueError:  # an error code newer than this gateway: left to billing's settlement
+            return reservation
+        if outcome.HasField("image"):
+            settled = await self._billing.capture(reservation.job_id, result)
+        else:
+            settled = await self._billing.release(reservation.job_id, f"failed: {result.error_code}", result)
+        return settled
+
+    async def _send(
+        self, reservation: resources_pb2.Reservation, outcome: jobs_pb2.JobOutcome, event_type: str
+    ) -> SendResult:
+        signing = await self._billing.webhook_settings(reservation.account_id)
+        if not signing.signing_secret:
+            return SendResult(0, "the account has no webhook signing secret", refused=True, seconds=0.0)
+        data = image(reservation).model_dump(mode="json", exclude={"webhook"})
+        happened = (
+            outcome.finish_time.ToDatetime(tzinfo=UTC)
+            if outcome.HasField("finish_time")
+            else reservation.settle_time.ToDatetime(tzinfo=UTC)
+        )
+        body = message_body(event_type, happened, data)
+        headers = signed_headers(
+            signing.signing_secret, message_id(reservation.job_id, event_type), datetime.now(UTC), body
+        )
+        return await self._sender.send(reservation.webhook.url, body, headers)
+
+
+def _now_stamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC))
+    return stamp
+
+
+def _result_label(result: SendResult, retrying: bool) -> str:
+    if result.delivered:
+        return "delivered"
+    if result.refused:
+        return "refused"
+    return "retry" if retrying else "failed"

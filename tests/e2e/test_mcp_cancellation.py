@@ -1,0 +1,133 @@
+"""A client that gives up, and a generator that dies: nothing is lost and nothing is paid twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from mcp.types import CallToolResult
+
+from imagegen.billing.v1.resources_pb2 import LedgerEntry
+from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
+from imagegen_testing.mcp import mcp_client
+from imagegen_testing.stack import RunningStack, start_stack
+
+CALL = {"name": "generate_image", "arguments": {"prompt": "patience", "width": 512, "height": 512}}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeReplicate]:
+    with FakeReplicate() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slow_stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeReplicate) -> Iterator[RunningStack]:
+    running = start_stack(
+        tmp_path_factory.mktemp("slow-stack"),
+        generator_env={
+            "REPLICATE_API_TOKEN": fake.token,
+            "IMAGEGEN_REPLICATE_BASE_URL": fake.url,
+            "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
+            "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.2",
+            "IMAGEGEN_GENERATOR_ACK_WAIT_SECONDS": "2",
+        },
+        gateway_env={"IMAGEGEN_PROGRESS_INTERVAL_SECONDS": "0.5"},
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake(fake: FakeReplicate) -> None:
+    fake.reset()
+
+
+def entries(stack: RunningStack, account_id: str, kind: LedgerEntry.Kind.ValueType) -> list[LedgerEntry]:
+    return [e for e in stack.ledger(account_id) if e.kind == kind]
+
+
+def test_a_client_that_disconnects_mid_wait_is_not_charged(
+    slow_stack: RunningStack, fake: FakeReplicate
+) -> None:
+    fake.behaviour = FakeBehaviour(hold=True)
+    account = slow_stack.create_account(credits=10)
+    headers = {
+        "Authorization": f"Bearer {account.token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+    }
+    params = {**CALL, "_meta": {"progressToken": "p1"}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", slow_stack.mcp_url, headers=headers, content=body) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():  # held upstream: only progress arrives
+            if "notifications/progress" in line and "generating" in line:
+                break
+    # the connection is closed: the gateway cancels the job and releases its credits
+    slow_stack.wait_for(lambda: slow_stack.credits(account.account_id) == 10, what="credits returned")
+    slow_stack.wait_for(lambda: len(fake.cancels) == 1, what="the prediction's cancellation")
+    [release] = entries(slow_stack, account.account_id, LedgerEntry.KIND_RELEASE)
+    assert release.note == "cancelled"
+    assert not entries(slow_stack, account.account_id, LedgerEntry.KIND_CAPTURE)
+
+
+async def test_notifications_cancelled_on_another_request_stops_the_call(
+    slow_stack: RunningStack, fake: FakeReplicate
+) -> None:
+    fake.behaviour = FakeBehaviour(hold=True)
+    account = slow_stack.create_account(credits=10)
+    headers = {"Authorization": f"Bearer {account.token}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(timeout=60) as client:
+        call = asyncio.create_task(
+            client.post(
+                slow_stack.mcp_url,
+                headers=headers,
+                json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": CALL},
+            )
+        )
+        while not fake.creates:
+            await asyncio.sleep(0.05)
+        notice = await client.post(
+            slow_stack.mcp_url,
+            headers=headers,
+            json={"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 77}},
+        )
+        assert notice.status_code == 202
+        answer = await call  # ends now, not at the job's deadline minutes away
+    assert "cancelled at the client's request" in answer.json()["result"]["content"][0]["text"]
+    slow_stack.wait_for(lambda: slow_stack.credits(account.account_id) == 10, what="credits returned")
+    [release] = entries(slow_stack, account.account_id, LedgerEntry.KIND_RELEASE)
+    assert release.note == "cancelled"
+
+
+async def test_a_generator_killed_mid_job_leaves_it_to_another_and_it_is_paid_once(
+    slow_stack: RunningStack, fake: FakeReplicate
+) -> None:
+    fake.behaviour = FakeBehaviour(delay_seconds=4)
+    account = slow_stack.create_account(credits=10)
+    [victim] = slow_stack.generators
+
+    async def generate() -> CallToolResult:
+        async with mcp_client(slow_stack.mcp_url, account.token) as client:
+            return await client.call_tool("generate_image", CALL["arguments"])  # type: ignore[arg-type]
+
+    call = asyncio.create_task(generate())
+    while not fake.creates:
+        await asyncio.sleep(0.05)
+    slow_stack.stack.child(victim).send_signal(signal.SIGKILL)
+    slow_stack.add_generator("generator-rescuer")
+    result = await asyncio.wait_for(call, timeout=120)
+    assert not result.is_error, result
+    assert len(fake.creates) == 2  # the job ran again on the surviving replica
+    assert len(entries(slow_stack, account.account_id, LedgerEntry.KIND_RESERVE)) == 1
+    assert len(entries(slow_stack, account.account_id, LedgerEntry.KIND_CAPTURE)) == 1
+    assert not entries(slow_stack, account.account_id, LedgerEntry.KIND_RELEASE)
+    slow_stack.wait_for(lambda: slow_stack.credits(account.account_id) == 8, what="the capture")
