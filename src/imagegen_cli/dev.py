@@ -197,6 +197,11 @@ Try it:
     -H "Content-Type: application/json" \\
     -d '{{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {{}}}}'
 
+  curl -X POST {ready["rest_url"]}/images/generate \\
+    -H "Authorization: Bearer {ready["token"]}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "flux-1", "prompt": "a lighthouse at dusk", "width": 1024, "height": 1024}}'
+
   claude mcp add --transport http imagegen {ready["mcp_url"]} \\
     --header "Authorization: Bearer {ready["token"]}"
 
