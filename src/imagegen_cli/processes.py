@@ -76,6 +76,11 @@ class ChildProcess:
         if self.process is not None and self.alive():
             self.process.send_signal(sig)
 
+    def wait(self, timeout: float = 30.0) -> int:
+        """Waits for the process to end by itself; returns its exit code."""
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process.wait(timeout=timeout)
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
         if self.process is None:

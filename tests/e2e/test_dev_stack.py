@@ -107,7 +107,7 @@ def test_sigterm_stops_every_process_and_a_restart_keeps_the_demo_account(tmp_pa
     ).stdout.split()
     assert len(children) == 4  # nats, billing, generator, gateway
     dev.send_signal(signal.SIGTERM)
-    assert dev.stop(timeout=60) == 0
+    assert dev.wait(timeout=60) == 0
     assert not ready_file.exists()
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:

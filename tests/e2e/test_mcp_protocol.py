@@ -167,3 +167,18 @@ async def test_list_models_reports_every_documented_field(stack: RunningStack, m
     assert banana["supported_dimensions"]["max_width"] == 4096
     assert banana["price_rule"]["credits_per_megapixel"] == 5
     assert banana["served_by"] == "local"
+
+
+def test_an_unknown_tool_is_a_protocol_error_and_get_is_not_allowed(stack: RunningStack) -> None:
+    headers = {
+        "Authorization": f"Bearer {stack.create_account(credits=1).token}",
+        "Content-Type": "application/json",
+    }
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "paint", "arguments": {}}}
+    error = httpx.post(stack.mcp_url, headers=headers, json=call).json()["error"]
+    assert error["code"] == -32602
+    assert "generate_image and list_models" in error["message"]
+    for method in ("GET", "DELETE"):
+        refused = httpx.request(method, stack.mcp_url, headers=headers)
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == "POST"

@@ -38,12 +38,7 @@ MUST_PASS = {
 
 # Checks of those scenarios that fail today because of a bug we know of, reported and waiting
 # for a fix. Strict: once a check passes, the test fails until its entry is removed here.
-KNOWN_BUGS = {
-    # uvicorn's httptools parser keeps trailing whitespace in header values, and the SDK compares
-    # `Mcp-Name: generate_image  ` with the body's name as is: 400 HeaderMismatch (-32020) where
-    # RFC 9110 §5.5 says the whitespace is not part of the value.
-    "sep-2243-server-accepts-whitespace-header-value",
-}
+KNOWN_BUGS: set[str] = set()
 
 
 def checks_by_scenario(results: Path) -> dict[str, list[dict[str, object]]]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from PIL import Image
 
 from imagegen_testing.stack import RunningStack
@@ -87,11 +86,6 @@ def test_the_typescript_sdk_lists_generates_and_gets_helpful_errors(
     assert "invalid or revoked API token" in wrong["error"]
 
 
-@pytest.mark.xfail(
-    reason="stateless legacy-era GET opens an SSE stream that can never carry a message and never "
-    "ends; the spec allows 405 for a server without one (reported to the lead)",
-    strict=True,
-)
 def test_the_get_stream_the_sdk_opens_after_initialize_is_refused(outside_stack: RunningStack) -> None:
     """The TypeScript SDK (so Claude Code) opens ``GET /api/mcp`` after initialize for
     server-initiated messages and keeps it for the client's lifetime. A stateless server has

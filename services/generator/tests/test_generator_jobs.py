@@ -282,3 +282,18 @@ async def test_no_reply_subject_still_publishes_the_outcome_event(local_settings
             events = await bus.outcome_events()
     assert [e.job_id for e in events] == [job.job_id]
     assert events[0].WhichOneof("result") == "image"
+
+
+async def test_a_job_whose_submitter_waits_publishes_no_start_event(
+    local_settings: Settings, bus: Bus
+) -> None:
+    """JobStarted is for jobs whose status someone polls (REST); an MCP job's waiter gets progress,
+    and its outcome carries the job's webhook flag for the dispatcher."""
+    async with running_generator(local_settings()):
+        job = make_job(report_start=False)
+        job.notify_webhook = True
+        await bus.submit(job)
+        outcome = await bus.replies.outcome(job.job_id)
+    assert outcome.notify_webhook
+    assert bus.replies.stages(job.job_id) == [GENERATING, STORING]
+    assert await bus.started_events() == []

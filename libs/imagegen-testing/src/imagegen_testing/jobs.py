@@ -39,6 +39,7 @@ def make_job(
     deadline_in: float = 120.0,
     reply: bool = True,
     job_id: str | None = None,
+    report_start: bool = True,
 ) -> jobs_pb2.GenerationJob:
     job_id = job_id or new_job_id()
     now = time.time()
@@ -53,6 +54,7 @@ def make_job(
         deadline=timestamp(now + deadline_in),
         submit_time=timestamp(now),
         reply_subject=nats_names.reply_subject(REPLY_INSTANCE, job_id) if reply else "",
+        report_start=report_start,
     )
 
 

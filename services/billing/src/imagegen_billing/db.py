@@ -35,7 +35,7 @@ def create_engine(url: str, pool_size: int = 10, timeout_seconds: float = 10.0) 
     """
     parsed = make_url(url)
     if is_sqlite(parsed):
-        return _sqlite_engine(parsed, timeout_seconds)
+        return _sqlite_engine(parsed, pool_size, timeout_seconds)
     return create_async_engine(
         parsed,
         pool_size=pool_size,
@@ -46,10 +46,18 @@ def create_engine(url: str, pool_size: int = 10, timeout_seconds: float = 10.0) 
     )
 
 
-def _sqlite_engine(url: URL, timeout_seconds: float) -> AsyncEngine:
+def _sqlite_engine(url: URL, pool_size: int, timeout_seconds: float) -> AsyncEngine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_timeout=timeout_seconds, connect_args={"timeout": timeout_seconds})
+    # No overflow: a connection past the pool would be opened (a thread, four PRAGMAs) and closed
+    # again for every burst, and SQLite serialises the writers anyway.
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=timeout_seconds,
+        connect_args={"timeout": timeout_seconds},
+    )
     busy_ms = int(timeout_seconds * 1000)
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -121,13 +121,6 @@ class BillingClient:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from exc
 
-    async def quote(self, model: str, width: int, height: int, input_images: int = 0) -> pb.QuoteResponse:
-        request = pb.QuoteRequest(model=model, width=width, height=height, input_image_count=input_images)
-        try:
-            return await self.stub.Quote(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
-
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
     ) -> pb.ReserveBatchResponse:
@@ -179,15 +172,6 @@ class BillingClient:
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from exc
         return reply.reservation
-
-    async def credits(self, account_id: str) -> int:
-        try:
-            reply = await self.stub.GetAccount(
-                pb.GetAccountRequest(account_id=account_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
-        return reply.account.credits
 
     async def find_reservation(self, job_id: str) -> resources_pb2.Reservation | None:
         """The reservation of a job, or None when there is none."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from imagegen.billing.v1 import billing_service_pb2, resources_pb2
-from imagegen_common.catalog import CatalogError, Dimensions, check_input_images
+from imagegen_common.catalog import CatalogError, Dimensions, PriceRule, check_input_images
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.errors import InvalidInputError
 
@@ -61,3 +61,11 @@ def check_request(model: resources_pb2.Model, width: int, height: int, input_ima
         )
     except CatalogError as exc:
         raise InvalidInputError(str(exc), field=exc.field) from None
+
+
+def price(model: resources_pb2.Model, width: int, height: int, input_images: int) -> int:
+    """Credits of one image: the request checked against the model, then billing's own price rule
+    (the shared pure function), so that no Quote round trip is needed on the hot path."""
+    check_request(model, width, height, input_images)
+    rule = model.price_rule
+    return PriceRule(rule.credits_per_megapixel, rule.minimum_credits).credits(width, height)

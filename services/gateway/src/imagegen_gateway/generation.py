@@ -1,4 +1,4 @@
-"""The generation flow that both front ends call: validate → quote → reserve → publish → outcome.
+"""The generation flow that both front ends call: validate → price → reserve → publish → outcome.
 
 Credits are held by billing before a job is queued and settled from the job's outcome event, so a
 gateway that dies mid-wait loses nothing. The gateway also settles what it sees itself (releasing a
@@ -28,7 +28,7 @@ from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
 from imagegen_common.outcomes import error_code_name
 from imagegen_gateway.billing_client import BillingClient, Principal, ReservationRequest
-from imagegen_gateway.catalog import ModelCatalog, check_request, provider_reference
+from imagegen_gateway.catalog import ModelCatalog, price, provider_reference
 from imagegen_gateway.errors import (
     GenerationFailedError,
     GenerationTimeoutError,
@@ -80,6 +80,8 @@ class Submission:
     credits: int
     reservation: resources_pb2.Reservation
     deadline: datetime
+    #: The account's credits right after the reservation (its cost already taken).
+    credits_remaining: int
 
     @property
     def state(self) -> resources_pb2.Reservation.State.ValueType:
@@ -150,17 +152,14 @@ class Generations:
         job's reservation; the outcome is posted there.
         """
         model = await self.catalog.get(request.model)
-        check_request(model, request.width, request.height, len(request.input_image_urls))
-        quote = await self.billing.quote(
-            model.key, request.width, request.height, len(request.input_image_urls)
-        )
+        credits = price(model, request.width, request.height, len(request.input_image_urls))
         deadline = datetime.now(UTC) + self.job_timeout
         fingerprint = request.fingerprint()
         held = await self.billing.reserve(
             principal.account_id,
             [
                 ReservationRequest(
-                    job_id, quote.credits, model.key, request.width, request.height, fingerprint, webhook_url
+                    job_id, credits, model.key, request.width, request.height, fingerprint, webhook_url
                 )
                 for job_id in job_ids
             ],
@@ -182,12 +181,15 @@ class Generations:
                     credits=reservation.amount,
                     reservation=reservation,
                     deadline=reservation.expire_time.ToDatetime(UTC) - self.reservation_grace,
+                    credits_remaining=held.credits,
                 )
             )
         queued = [s for s in submissions if s.state == Reservation.STATE_HELD]
         try:
             for submission in queued:
-                await self.bus.publish(self._job(principal, request, model, submission, reply))
+                await self.bus.publish(
+                    self._job(principal, request, model, submission, reply, notify_webhook=bool(webhook_url))
+                )
         except (nats.errors.Error, TimeoutError) as exc:
             log.error("could not queue jobs", extra={"error": repr(exc)})
             for submission in queued:
@@ -216,6 +218,8 @@ class Generations:
         model: resources_pb2.Model,
         submission: Submission,
         reply: bool,
+        *,
+        notify_webhook: bool,
     ) -> jobs_pb2.GenerationJob:
         return jobs_pb2.GenerationJob(
             job_id=submission.job_id,
@@ -230,6 +234,8 @@ class Generations:
             deadline=_timestamp(submission.deadline),
             reply_subject=self.bus.reply_subject(submission.job_id) if reply else "",
             submit_time=submission.reservation.create_time,
+            report_start=not reply,  # nobody waits on a reply: the submitter polls the status
+            notify_webhook=notify_webhook,
         )
 
     async def generate(
@@ -293,7 +299,7 @@ class Generations:
             width=result.width,
             height=result.height,
             credits_used=submission.credits,
-            credits_remaining=await self.billing.credits(principal.account_id),
+            credits_remaining=submission.credits_remaining,
         )
 
     async def _abandon(self, submission: Submission, reason: str) -> resources_pb2.JobResult | None:

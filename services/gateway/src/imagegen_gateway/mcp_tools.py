@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 from mcp import types
 from mcp.server import Server, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from imagegen.billing.v1 import billing_service_pb2
 from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
 from imagegen_gateway.billing_client import Principal
 from imagegen_gateway.catalog import ModelCatalog
@@ -31,6 +34,8 @@ from imagegen_gateway.views import model_view
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "imagegen"
+#: The default model, for a schema asked for before the catalog was first fetched.
+NANO_BANANA = "nano-banana"
 MAX_PROMPT_CHARS = 1024
 PRINCIPAL_SCOPE_KEY = "imagegen.principal"
 
@@ -86,7 +91,9 @@ class GenerateImageResult(BaseModel):
     image_url: Annotated[str, Field(description="Permanent URL of the generated image")]
     image_id: Annotated[str, Field(description="Id of the image")]
     credits_used: Annotated[int, Field(description="Credits this image cost")]
-    credits_remaining: Annotated[int, Field(description="Credits left on the account")]
+    credits_remaining: Annotated[
+        int, Field(description="Credits left on the account once this image was paid for")
+    ]
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -117,6 +124,41 @@ LIST_MODELS_OUTPUT_SCHEMA: dict[str, Any] = {
     },
     "required": ["models"],
 }
+
+
+def _tools(default_model: str, model_keys: list[str]) -> types.ListToolsResult:
+    return types.ListToolsResult(
+        tools=[
+            types.Tool(
+                name="generate_image",
+                title="Generate image",
+                description=(
+                    "Generate an AI image from a text prompt (or edit input images with a model that "
+                    "supports image-to-image). The tool waits for generation to complete and returns "
+                    "the final image URL. Costs credits by model and size; see list_models."
+                ),
+                input_schema=_input_schema(default_model, model_keys),
+                output_schema=_schema(GenerateImageResult),
+                annotations=types.ToolAnnotations(
+                    read_only_hint=False,
+                    destructive_hint=False,
+                    idempotent_hint=False,
+                    open_world_hint=True,
+                ),
+            ),
+            types.Tool(
+                name="list_models",
+                title="List models",
+                description=(
+                    "List all available AI models with their capabilities, supported dimensions, and "
+                    "credit costs. Takes no parameters."
+                ),
+                input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+                output_schema=LIST_MODELS_OUTPUT_SCHEMA,
+                annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+            ),
+        ]
+    )
 
 
 def _error(message: str) -> types.CallToolResult:
@@ -178,44 +220,21 @@ class ImagegenTools:
         self.catalog = catalog
         self.providers = providers
         self.in_flight = InFlightCalls()
+        self._tools: tuple[billing_service_pb2.ListModelsResponse, types.ListToolsResult] | None = None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         listing = await self.catalog.listing()
-        keys = [m.key for m in listing.models]
-        return types.ListToolsResult(
-            tools=[
-                types.Tool(
-                    name="generate_image",
-                    title="Generate image",
-                    description=(
-                        "Generate an AI image from a text prompt (or edit input images with a model that "
-                        "supports image-to-image). The tool waits for generation to complete and returns "
-                        "the final image URL. Costs credits by model and size; see list_models."
-                    ),
-                    input_schema=_input_schema(listing.default_model, keys),
-                    output_schema=_schema(GenerateImageResult),
-                    annotations=types.ToolAnnotations(
-                        read_only_hint=False,
-                        destructive_hint=False,
-                        idempotent_hint=False,
-                        open_world_hint=True,
-                    ),
-                ),
-                types.Tool(
-                    name="list_models",
-                    title="List models",
-                    description=(
-                        "List all available AI models with their capabilities, supported dimensions, and "
-                        "credit costs. Takes no parameters."
-                    ),
-                    input_schema={"type": "object", "properties": {}, "additionalProperties": False},
-                    output_schema=LIST_MODELS_OUTPUT_SCHEMA,
-                    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
-                ),
-            ]
-        )
+        if self._tools is None or self._tools[0] is not listing:  # built once per catalog fetch
+            self._tools = (listing, _tools(listing.default_model, [m.key for m in listing.models]))
+        return self._tools[1]
+
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """A tool's input schema, for the SDK's checks of ``Mcp-Param`` headers (2026-07-28), which
+        would otherwise run the whole tools/list handler on every call."""
+        tools = self._tools[1].tools if self._tools else _tools(NANO_BANANA, []).tools
+        return next((tool.input_schema for tool in tools if tool.name == name), None)
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -226,10 +245,9 @@ class ImagegenTools:
                 result = await self._generate_image(ctx, params.arguments or {})
             elif params.name == "list_models":
                 result = await self._list_models()
-            else:
-                result = _error(
-                    f"Unknown tool {params.name!r}; the tools are generate_image and list_models."
-                )
+            else:  # a protocol error, as the specification asks for an unknown tool
+                unknown = f"Unknown tool {params.name!r}; the tools are generate_image and list_models"
+                raise MCPError(INVALID_PARAMS, unknown)
             outcome = "error" if result.is_error else "success"
             return result
         except GatewayError as exc:
@@ -323,6 +341,7 @@ def build_server(tools: ImagegenTools, version: str) -> Server[Any]:
             "list_models shows models, sizes and credit costs."
         ),
         on_list_tools=tools.list_tools,
+        get_tool_input_schema=tools.input_schema,
         on_call_tool=tools.call_tool,
     )
     return server

@@ -69,6 +69,12 @@ def cancelled_request_id(body: bytes) -> Any:
     return None
 
 
+def _trimmed_headers(scope: Scope) -> Scope:
+    """The request with whitespace around header values removed (RFC 9110 §5.5: it is not part of
+    the value); uvicorn keeps it, and the SDK compares ``Mcp-Name`` and friends as they come."""
+    return {**scope, "headers": [(k, v.strip(b" \t")) for k, v in scope["headers"]]}
+
+
 def _with_json_accept(scope: Scope) -> Scope:
     """The request as if it had said ``Accept: application/json`` (it said nothing, or ``*/*``)."""
     headers = [(k, v) for k, v in scope["headers"] if k != b"accept"]
@@ -144,8 +150,12 @@ class McpEndpoint:
             return
         scope[PRINCIPAL_SCOPE_KEY] = refusal
         if scope["method"] != "POST":
-            await self.streaming.handle_request(scope, receive, send)
+            # Stateless: no stream for server-initiated messages (GET) and no session to end
+            # (DELETE). 405 tells clients so; they would otherwise hold an idle stream open.
+            only_post = "this stateless server takes only POST requests"
+            await _error(405, "method_not_allowed", only_post, {"Allow": "POST"})(scope, receive, send)
             return
+        scope = _trimmed_headers(scope)
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLargeError:

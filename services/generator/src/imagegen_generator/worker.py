@@ -102,6 +102,7 @@ def failure_outcome(
         job_id=job.job_id,
         account_id=job.account_id,
         model=job.model,
+        notify_webhook=job.notify_webhook,
         failure=jobs_pb2.JobFailure(code=error.code, message=error.message),
         finish_time=timestamp(finish_time),
         attempt=attempt,
@@ -200,11 +201,12 @@ class JobRunner:
                 "prompt": prompt_preview(job.prompt),
             },
         )
-        await self._events.started(
-            jobs_pb2.JobStarted(
-                job_id=job.job_id, account_id=job.account_id, start_time=timestamp(took), attempt=attempt
+        if job.report_start:
+            await self._events.started(
+                jobs_pb2.JobStarted(
+                    job_id=job.job_id, account_id=job.account_id, start_time=timestamp(took), attempt=attempt
+                )
             )
-        )
         await self._progress(job, jobs_pb2.JobProgress.STAGE_GENERATING, "generating the image")
 
         provider_started = time.monotonic()
@@ -230,6 +232,7 @@ class JobRunner:
             job_id=job.job_id,
             account_id=job.account_id,
             model=job.model,
+            notify_webhook=job.notify_webhook,
             image=jobs_pb2.GeneratedImage(
                 image_id=job.job_id,
                 url=image_url(self._options.public_base_url, stored.filename),

@@ -175,6 +175,9 @@ class WebhookDispatcher:
         if not outcome.job_id:
             await msg.term()
             return
+        if not outcome.notify_webhook:  # most jobs (every MCP job): no lookup, no work
+            await msg.ack()
+            return
         reservation = await self._billing.find_reservation(outcome.job_id)
         if (
             reservation is None

@@ -26,33 +26,33 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagegen/jobs/v1/jobs.proto\x12\x10imagegen.jobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n\rGenerationJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x06 \x01(\t\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12\x18\n\x10input_image_urls\x18\t \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rreply_subject\x18\x0b \x01(\t\x12/\n\x0bsubmit_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbd\x01\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x32\n\x05stage\x18\x02 \x01(\x0e\x32#.imagegen.jobs.v1.JobProgress.Stage\x12\x0f\n\x07message\x18\x03 \x01(\t\"Y\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x14\n\x10STAGE_GENERATING\x10\x02\x12\x11\n\rSTAGE_STORING\x10\x03\"u\n\x0eGeneratedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"H\n\nJobFailure\x12)\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1b.imagegen.jobs.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbe\x01\n\nJobTimings\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08provider\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07storage\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9e\x02\n\nJobOutcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x05image\x18\x04 \x01(\x0b\x32 .imagegen.jobs.v1.GeneratedImageH\x00\x12/\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobFailureH\x00\x12-\n\x07timings\x18\x06 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobTimings\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x42\x08\n\x06result\"y\n\tJobUpdate\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.imagegen.jobs.v1.JobProgressH\x00\x12/\n\x07outcome\x18\x02 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobOutcomeH\x00\x42\x08\n\x06update\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"q\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05*\xa3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_CODE_INVALID_INPUT\x10\x01\x12\"\n\x1e\x45RROR_CODE_INPUT_IMAGE_REFUSED\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CONTENT_REJECTED\x10\x03\x12\x1d\n\x19\x45RROR_CODE_PROVIDER_ERROR\x10\x04\x12#\n\x1f\x45RROR_CODE_PROVIDER_UNAVAILABLE\x10\x05\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimagegen/jobs/v1/jobs.proto\x12\x10imagegen.jobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x02\n\rGenerationJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x0e\n\x06prompt\x18\x05 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x06 \x01(\t\x12\r\n\x05width\x18\x07 \x01(\x05\x12\x0e\n\x06height\x18\x08 \x01(\x05\x12\x18\n\x10input_image_urls\x18\t \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rreply_subject\x18\x0b \x01(\t\x12/\n\x0bsubmit_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0creport_start\x18\r \x01(\x08\x12\x16\n\x0enotify_webhook\x18\x0e \x01(\x08\"\xbd\x01\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x32\n\x05stage\x18\x02 \x01(\x0e\x32#.imagegen.jobs.v1.JobProgress.Stage\x12\x0f\n\x07message\x18\x03 \x01(\t\"Y\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x14\n\x10STAGE_GENERATING\x10\x02\x12\x11\n\rSTAGE_STORING\x10\x03\"u\n\x0eGeneratedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\"H\n\nJobFailure\x12)\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x1b.imagegen.jobs.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbe\x01\n\nJobTimings\x12-\n\nqueue_wait\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08provider\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07storage\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb6\x02\n\nJobOutcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x05image\x18\x04 \x01(\x0b\x32 .imagegen.jobs.v1.GeneratedImageH\x00\x12/\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobFailureH\x00\x12-\n\x07timings\x18\x06 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobTimings\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x16\n\x0enotify_webhook\x18\t \x01(\x08\x42\x08\n\x06result\"y\n\tJobUpdate\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.imagegen.jobs.v1.JobProgressH\x00\x12/\n\x07outcome\x18\x02 \x01(\x0b\x32\x1c.imagegen.jobs.v1.JobOutcomeH\x00\x42\x08\n\x06update\"+\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"q\n\nJobStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05*\xa3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_CODE_INVALID_INPUT\x10\x01\x12\"\n\x1e\x45RROR_CODE_INPUT_IMAGE_REFUSED\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CONTENT_REJECTED\x10\x03\x12\x1d\n\x19\x45RROR_CODE_PROVIDER_ERROR\x10\x04\x12#\n\x1f\x45RROR_CODE_PROVIDER_UNAVAILABLE\x10\x05\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegen.jobs.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=1574
-  _globals['_ERRORCODE']._serialized_end=1865
+  _globals['_ERRORCODE']._serialized_start=1644
+  _globals['_ERRORCODE']._serialized_end=1935
   _globals['_GENERATIONJOB']._serialized_start=115
-  _globals['_GENERATIONJOB']._serialized_end=421
-  _globals['_JOBPROGRESS']._serialized_start=424
-  _globals['_JOBPROGRESS']._serialized_end=613
-  _globals['_JOBPROGRESS_STAGE']._serialized_start=524
-  _globals['_JOBPROGRESS_STAGE']._serialized_end=613
-  _globals['_GENERATEDIMAGE']._serialized_start=615
-  _globals['_GENERATEDIMAGE']._serialized_end=732
-  _globals['_JOBFAILURE']._serialized_start=734
-  _globals['_JOBFAILURE']._serialized_end=806
-  _globals['_JOBTIMINGS']._serialized_start=809
-  _globals['_JOBTIMINGS']._serialized_end=999
-  _globals['_JOBOUTCOME']._serialized_start=1002
-  _globals['_JOBOUTCOME']._serialized_end=1288
-  _globals['_JOBUPDATE']._serialized_start=1290
-  _globals['_JOBUPDATE']._serialized_end=1411
-  _globals['_CANCELJOB']._serialized_start=1413
-  _globals['_CANCELJOB']._serialized_end=1456
-  _globals['_JOBSTARTED']._serialized_start=1458
-  _globals['_JOBSTARTED']._serialized_end=1571
+  _globals['_GENERATIONJOB']._serialized_end=467
+  _globals['_JOBPROGRESS']._serialized_start=470
+  _globals['_JOBPROGRESS']._serialized_end=659
+  _globals['_JOBPROGRESS_STAGE']._serialized_start=570
+  _globals['_JOBPROGRESS_STAGE']._serialized_end=659
+  _globals['_GENERATEDIMAGE']._serialized_start=661
+  _globals['_GENERATEDIMAGE']._serialized_end=778
+  _globals['_JOBFAILURE']._serialized_start=780
+  _globals['_JOBFAILURE']._serialized_end=852
+  _globals['_JOBTIMINGS']._serialized_start=855
+  _globals['_JOBTIMINGS']._serialized_end=1045
+  _globals['_JOBOUTCOME']._serialized_start=1048
+  _globals['_JOBOUTCOME']._serialized_end=1358
+  _globals['_JOBUPDATE']._serialized_start=1360
+  _globals['_JOBUPDATE']._serialized_end=1481
+  _globals['_CANCELJOB']._serialized_start=1483
+  _globals['_CANCELJOB']._serialized_end=1526
+  _globals['_JOBSTARTED']._serialized_start=1528
+  _globals['_JOBSTARTED']._serialized_end=1641
 # @@protoc_insertion_point(module_scope)

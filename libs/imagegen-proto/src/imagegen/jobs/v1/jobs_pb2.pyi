@@ -88,6 +88,8 @@ class GenerationJob(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     REPLY_SUBJECT_FIELD_NUMBER: _builtins.int
     SUBMIT_TIME_FIELD_NUMBER: _builtins.int
+    REPORT_START_FIELD_NUMBER: _builtins.int
+    NOTIFY_WEBHOOK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Random, at least 128 bits; also the id of the image the job makes."""
     account_id: _builtins.str
@@ -101,6 +103,12 @@ class GenerationJob(_message.Message):
     height: _builtins.int
     reply_subject: _builtins.str
     """Core NATS subject where the gateway that submitted the job waits for updates; may be empty."""
+    report_start: _builtins.bool
+    """The submitter polls the job's status (REST): publish JobStarted when it starts. A job whose
+    submitter waits for its outcome (MCP) needs no such event.
+    """
+    notify_webhook: _builtins.bool
+    """The job's outcome is to be posted to a webhook; copied into its JobOutcome."""
     @_builtins.property
     def input_image_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Input or reference images for image-to-image, 0 to 10."""
@@ -126,10 +134,12 @@ class GenerationJob(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         reply_subject: _builtins.str = ...,
         submit_time: _timestamp_pb2.Timestamp | None = ...,
+        report_start: _builtins.bool = ...,
+        notify_webhook: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "submit_time", b"submit_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deadline", b"deadline", "height", b"height", "input_image_urls", b"input_image_urls", "job_id", b"job_id", "model", b"model", "negative_prompt", b"negative_prompt", "prompt", b"prompt", "provider_model", b"provider_model", "reply_subject", b"reply_subject", "submit_time", b"submit_time", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deadline", b"deadline", "height", b"height", "input_image_urls", b"input_image_urls", "job_id", b"job_id", "model", b"model", "negative_prompt", b"negative_prompt", "notify_webhook", b"notify_webhook", "prompt", b"prompt", "provider_model", b"provider_model", "reply_subject", b"reply_subject", "report_start", b"report_start", "submit_time", b"submit_time", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,11 +305,14 @@ class JobOutcome(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    NOTIFY_WEBHOOK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     account_id: _builtins.str
     model: _builtins.str
     attempt: _builtins.int
     """Delivery attempt that produced the outcome (1 for the first)."""
+    notify_webhook: _builtins.bool
+    """Copied from the job: the webhook dispatcher only looks at outcomes that have it."""
     @_builtins.property
     def image(self) -> Global___GeneratedImage: ...
     @_builtins.property
@@ -319,10 +332,11 @@ class JobOutcome(_message.Message):
         timings: Global___JobTimings | None = ...,
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        notify_webhook: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "finish_time", b"finish_time", "image", b"image", "result", b"result", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempt", b"attempt", "failure", b"failure", "finish_time", b"finish_time", "image", b"image", "job_id", b"job_id", "model", b"model", "result", b"result", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "attempt", b"attempt", "failure", b"failure", "finish_time", b"finish_time", "image", b"image", "job_id", b"job_id", "model", b"model", "notify_webhook", b"notify_webhook", "result", b"result", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["image", "failure"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
