@@ -29,13 +29,7 @@ def fake() -> Iterator[FakeReplicate]:
 def slow_stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeReplicate) -> Iterator[RunningStack]:
     running = start_stack(
         tmp_path_factory.mktemp("slow-stack"),
-        generator_env={
-            "REPLICATE_API_TOKEN": fake.token,
-            "IMAGEGEN_REPLICATE_BASE_URL": fake.url,
-            "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
-            "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.2",
-            "IMAGEGEN_GENERATOR_ACK_WAIT_SECONDS": "2",
-        },
+        generator_env=fake.generator_env(IMAGEGEN_GENERATOR_ACK_WAIT_SECONDS="2"),
         gateway_env={"IMAGEGEN_PROGRESS_INTERVAL_SECONDS": "0.5"},
     )
     yield running

@@ -26,15 +26,11 @@ def fake() -> Iterator[FakeReplicate]:
 def replicate_stack(tmp_path_factory: pytest.TempPathFactory, fake: FakeReplicate) -> Iterator[RunningStack]:
     running = start_stack(
         tmp_path_factory.mktemp("replicate-stack"),
-        generator_env={
-            "REPLICATE_API_TOKEN": fake.token,
-            "IMAGEGEN_REPLICATE_BASE_URL": fake.url,
-            "IMAGEGEN_REPLICATE_MAX_RETRIES": "1",
-            "IMAGEGEN_REPLICATE_RETRY_INITIAL_SECONDS": "0.1",
-            "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.2",
-            "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
-            "IMAGEGEN_GENERATOR_MAX_DELIVER": "1",
-        },
+        generator_env=fake.generator_env(
+            IMAGEGEN_REPLICATE_MAX_RETRIES="1",
+            IMAGEGEN_REPLICATE_RETRY_INITIAL_SECONDS="0.1",
+            IMAGEGEN_GENERATOR_MAX_DELIVER="1",
+        ),
         gateway_env={
             "IMAGEGEN_JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT_SECONDS),
             "IMAGEGEN_PROGRESS_INTERVAL_SECONDS": "0.5",

@@ -42,13 +42,7 @@ def fake() -> Iterator[FakeReplicate]:
 def slow_stack(tmp_path: Path, fake: FakeReplicate) -> Iterator[RunningStack]:
     running = start_stack(
         tmp_path,
-        generator_env={
-            "REPLICATE_API_TOKEN": fake.token,
-            "IMAGEGEN_REPLICATE_BASE_URL": fake.url,
-            "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
-            "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.2",
-            "IMAGEGEN_GENERATOR_DRAIN_TIMEOUT_SECONDS": "60",
-        },
+        generator_env=fake.generator_env(IMAGEGEN_GENERATOR_DRAIN_TIMEOUT_SECONDS="60"),
         gateway_env={"IMAGEGEN_GATEWAY_DRAIN_TIMEOUT_SECONDS": "60"},
     )
     yield running

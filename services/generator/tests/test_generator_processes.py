@@ -60,17 +60,6 @@ def replicas(nats_server: NatsServer, tmp_path: Path) -> Iterator[Replicas]:
     started.stop_all()
 
 
-def replicate_env(fake: FakeReplicate, **extra: str) -> dict[str, str]:
-    return {
-        "IMAGEGEN_PROVIDER": "replicate",
-        "REPLICATE_API_TOKEN": fake.token,
-        "IMAGEGEN_REPLICATE_BASE_URL": fake.url,
-        "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
-        "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.1",
-        **extra,
-    }
-
-
 METRICS = (
     "imagegen_generator_jobs_total",
     "imagegen_generator_provider_duration_seconds",
@@ -122,7 +111,7 @@ async def test_three_replicas_share_sixty_jobs_each_done_exactly_once(replicas: 
 async def test_a_job_of_a_killed_replica_is_completed_by_another(
     replicas: Replicas, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
-    env = replicate_env(fake_replicate, IMAGEGEN_GENERATOR_ACK_WAIT_SECONDS="2")
+    env = fake_replicate.generator_env(IMAGEGEN_GENERATOR_ACK_WAIT_SECONDS="2")
     fake_replicate.behaviour.hold = True  # the first replica's prediction never finishes
     first, _ = replicas.start("generator-a", **env)
     job = make_job("flux-schnell", 640, 640)
@@ -144,13 +133,13 @@ async def test_sigterm_finishes_jobs_in_flight_and_exits_0(
     replicas: Replicas, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
     fake_replicate.behaviour.delay_seconds = 2.0
-    replica, _ = replicas.start("generator", **replicate_env(fake_replicate))
+    replica, _ = replicas.start("generator", **fake_replicate.generator_env())
     jobs = [make_job() for _ in range(2)]
     for job in jobs:
         await bus.submit(job)
     await wait_until(lambda: len(fake_replicate.creates) == 2, what="both predictions")
     replica.send_signal(signal.SIGTERM)
-    assert replica.stop(timeout=30) == 0, replica.logs()[-3000:]
+    assert replica.wait(timeout=30) == 0, replica.logs()[-3000:]  # one signal: it ends by itself
     for job in jobs:
         outcome = await bus.replies.outcome(job.job_id, timeout=5)
         assert (outcome.WhichOneof("result"), outcome.attempt) == ("image", 1)
@@ -160,13 +149,13 @@ async def test_sigterm_hands_back_jobs_not_finished_within_the_drain_timeout(
     replicas: Replicas, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
     fake_replicate.behaviour.hold = True
-    env = replicate_env(fake_replicate, IMAGEGEN_GENERATOR_DRAIN_TIMEOUT_SECONDS="0.5")
+    env = fake_replicate.generator_env(IMAGEGEN_GENERATOR_DRAIN_TIMEOUT_SECONDS="0.5")
     replica, _ = replicas.start("generator-a", **env)
     job = make_job()
     await bus.submit(job)
     await wait_until(lambda: len(fake_replicate.creates) == 1, what="the prediction")
     replica.send_signal(signal.SIGTERM)
-    assert replica.stop(timeout=30) == 0, replica.logs()[-3000:]
+    assert replica.wait(timeout=30) == 0, replica.logs()[-3000:]  # one signal: it ends by itself
     assert len(fake_replicate.cancels) == 1  # its prediction was cancelled upstream
     assert bus.replies.outcomes(job.job_id) == []
 

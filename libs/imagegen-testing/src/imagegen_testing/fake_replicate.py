@@ -151,6 +151,17 @@ class FakeReplicate:
     def api_calls(self) -> list[RecordedRequest]:
         return self.recorded(path_prefix="/v1/")
 
+    def generator_env(self, **extra: str) -> dict[str, str]:
+        """Environment of a generator process that uses this fake as Replicate, polling it briskly."""
+        return {
+            "IMAGEGEN_PROVIDER": "replicate",
+            "REPLICATE_API_TOKEN": self.token,
+            "IMAGEGEN_REPLICATE_BASE_URL": self.url,
+            "IMAGEGEN_REPLICATE_WAIT_SECONDS": "1",
+            "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS": "0.1",
+            **extra,
+        }
+
     def prediction_status(self, prediction_id: str) -> str:
         with self._lock:
             return self._predictions[prediction_id].status
