@@ -20,6 +20,7 @@ from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
+from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
 from imagegen_common.catalog import load_catalog
 
 if TYPE_CHECKING:  # the async stub classes exist only in the type stubs
@@ -322,11 +323,17 @@ async def test_a_batch_over_grpc_is_all_or_nothing(
         grpc.StatusCode.FAILED_PRECONDITION,
         "insufficient credits: need 12, have 10",
     )
+    # the numbers also travel as trailing metadata, so that clients need not parse the sentence
+    numbers: dict[str, str] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
+    assert (numbers[REQUIRED_CREDITS], numbers[AVAILABLE_CREDITS]) == ("12", "10")
     del batch.requests[2]
     held = await billing_stub.ReserveBatch(batch)
     assert held.credits == 2 and [r.job_id for r in held.reservations] == ["img_0", "img_1"]
+    assert list(held.created_job_ids) == ["img_0", "img_1"]
     assert held.reservations[0].expire_time.ToDatetime(tzinfo=UTC) == expire
-    assert (await billing_stub.ReserveBatch(batch)).reservations == held.reservations
+    repeat = await billing_stub.ReserveBatch(batch)
+    assert repeat.reservations == held.reservations
+    assert list(repeat.created_job_ids) == []  # a repeat creates nothing
     mixed = pb.ReserveBatchRequest(
         requests=[reserve(account_id, "img_x", 1), reserve("acc_other", "img_y", 1)]
     )

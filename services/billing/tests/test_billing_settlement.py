@@ -160,3 +160,39 @@ async def test_billing_stops_cleanly_while_nats_is_still_missing(
     account, _, _ = await server.accounts.create("ada@example.test", 1)
     assert account.credits == 1
     await server.stop()
+
+
+async def test_an_event_that_cannot_be_settled_now_is_retried_later(
+    nats_server: NatsServer,
+    nc: Client,
+    sqlite_url: str,
+    make_settings: SettingsFactory,
+    start_billing: ServerFactory,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that fails for a moment (a fault injected into the ledger's capture) leaves the
+    event on the stream, redelivered after a back-off instead of at once, and settled once it can."""
+    server = await start_billing(
+        make_settings(sqlite_url, billing_settlement_enabled=True, nats_url=nats_server.url)
+    )
+    assert server.settlement is not None
+    await asyncio.wait_for(server.settlement.started.wait(), timeout=30)
+    account, _, _ = await server.accounts.create("bo@example.test", 10)
+    await server.ledger.reserve(ReserveRequest(account.id, "img_later", 4))
+    capture = server.ledger.capture
+    failures: list[int] = []
+
+    async def flaky_capture(*args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("the database went away")
+        return await capture(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.ledger, "capture", flaky_capture)
+    await publish(nc, image_outcome("img_later"), "outcome-img_later")
+    await eventually(lambda: all_acked(nc))
+    assert (await server.ledger.reservation("img_later")).state is ReservationState.CAPTURED
+    [retry] = [r for r in caplog.records if r.getMessage() == "job event not settled; retrying"]
+    assert retry.delay == 1.0  # type: ignore[attr-defined]  # backed off, not redelivered at once

@@ -181,10 +181,6 @@ class SafeFetcher:
                 f"fetching the URL took longer than {self.policy.timeout_seconds:g} seconds"
             ) from None
 
-    async def check_url(self, url: str) -> None:
-        """Raises FetchRefused when the URL may not be fetched (without fetching it)."""
-        await self.vet(url)
-
     async def _fetch(self, url: str) -> FetchedContent:
         # A new client per fetch: no connection (and no TLS session for another name) is ever reused.
         async with httpx.AsyncClient(

@@ -14,6 +14,19 @@ from imagegen_common.logging import LogFormat
 ENV_PREFIX = "IMAGEGEN_"
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) into its parts; raises ValueError on anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port, not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def server_list(urls: str) -> list[str]:
+    """A comma-separated list of server URLs, as NATS clients take them."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
+
 class BaseServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -33,6 +46,11 @@ class NatsSettings(BaseSettings):
     nats_stream_replicas: int = Field(
         1, ge=1, le=5, description="Replicas of the JetStream streams and buckets (3 in production)."
     )
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return server_list(self.nats_url)
+
     nats_connect_timeout_seconds: float = Field(
         5.0, gt=0, description="Timeout of one NATS connection attempt."
     )

@@ -78,11 +78,6 @@ class Accounts:
         async with self.db.read() as conn:
             return await _account_by_id(conn, account_id)
 
-    async def find(self, alias: str) -> Account:
-        """The account of an id (``acc_…``) or an email."""
-        async with self.db.read() as conn:
-            return await account_by_alias(conn, alias)
-
     async def list_page(self, page_size: int = 0, page_token: str = "") -> tuple[list[Account], str]:
         """Accounts ordered by email, and the token of the next page ("" after the last)."""
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)

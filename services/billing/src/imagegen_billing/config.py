@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from imagegen_common.settings import BaseServiceSettings, NatsSettings
+from imagegen_common.settings import BaseServiceSettings, NatsSettings, split_host_port
 
 #: The shortest admin token billing accepts.
 ADMIN_TOKEN_MIN_CHARS = 24
@@ -107,11 +107,3 @@ def admin_token_problem(token: str) -> str | None:
             f"IMAGEGEN_ADMIN_TOKEN is too short ({len(token)} characters, at least {ADMIN_TOKEN_MIN_CHARS})"
         )
     return None
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` (or ``[v6]:port``) into its parts; raises ValueError on anything else."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected host:port, not {address!r}")
-    return host.strip("[]"), int(port)

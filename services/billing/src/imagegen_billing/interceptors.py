@@ -15,10 +15,12 @@ from imagegen_billing.domain import (
     AlreadyExistsError,
     BillingError,
     FailedPreconditionError,
+    InsufficientCreditsError,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
 )
+from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
 from imagegen_common.catalog import CatalogError, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,13 @@ def _wrap(handler: Handler, behaviour: Behaviour) -> Handler:
     )
 
 
+def error_metadata(error: Exception) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that gives the numbers of an error to clients (see billing_errors)."""
+    if isinstance(error, InsufficientCreditsError):
+        return ((REQUIRED_CREDITS, str(error.need)), (AVAILABLE_CREDITS, str(error.have)))
+    return ()
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts and times every unary RPC of our services, logs it, and answers domain errors with their
     status code and message (unexpected errors with INTERNAL and no detail)."""
@@ -89,7 +98,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 raise
             except (BillingError, CatalogError) as error:
                 code = status_code(error)
-                await context.abort(code, str(error))
+                await context.abort(code, str(error), trailing_metadata=error_metadata(error))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("rpc failed", extra={"service": service, "method": method})

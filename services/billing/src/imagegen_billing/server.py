@@ -19,7 +19,7 @@ from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.admin_servicer import AdminServicer
-from imagegen_billing.config import BillingSettings, split_host_port
+from imagegen_billing.config import BillingSettings
 from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
@@ -29,6 +29,7 @@ from imagegen_billing.settlement import SettlementConsumer
 from imagegen_billing.webhooks import Webhooks
 from imagegen_common.catalog import load_catalog
 from imagegen_common.ops_http import serving_ops
+from imagegen_common.settings import split_host_port
 
 log = logging.getLogger(__name__)
 

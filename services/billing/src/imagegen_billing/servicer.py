@@ -57,7 +57,9 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     ) -> pb.ReserveBatchResponse:
         result = await self.ledger.reserve_batch([convert.reserve_request(r) for r in request.requests])
         return pb.ReserveBatchResponse(
-            reservations=[convert.reservation(r) for r in result.reservations], credits=result.credits
+            reservations=[convert.reservation(r) for r in result.reservations],
+            credits=result.credits,
+            created_job_ids=[r.job_id for r in result.created],
         )
 
     async def Capture(self, request: pb.CaptureRequest, context: Context) -> pb.CaptureResponse:

@@ -14,7 +14,7 @@ import logging
 from datetime import UTC
 
 import nats.errors
-from faststream.exceptions import RejectMessage
+from faststream.exceptions import NackMessage, RejectMessage
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
@@ -30,6 +30,7 @@ from imagegen_billing.store import now
 from imagegen_common import nats_names
 from imagegen_common.jetstream import ensure_stream
 from imagegen_common.outcomes import error_code_name
+from imagegen_common.settings import server_list
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ async def settle_outcome(ledger: Ledger, outcome: jobs_pb2.JobOutcome) -> Settle
         return "conflict"
 
 
+#: Backoff of an event that could not be settled (the database is down, say): 1, 2, 4 … 60 s.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
 class SettlementConsumer:
     """The consumer as a background task: ``start()`` returns at once, ``stop()`` finishes the
     events in hand and disconnects."""
@@ -105,7 +111,7 @@ class SettlementConsumer:
         self._connection: Client | None = None
         self._reported_unreachable = False
         self.broker = NatsBroker(
-            [url.strip() for url in nats_url.split(",") if url.strip()],
+            server_list(nats_url),
             name="imagegen-billing",
             connect_timeout=max(1, round(connect_timeout_seconds)),
             # Never give up: not at start-up (NATS may come later) and not after a disconnect.
@@ -135,6 +141,14 @@ class SettlementConsumer:
         except (DecodeError, ValueError) as error:
             log.warning("unusable job event dropped", extra={"subject": subject, "error": str(error)})
             raise RejectMessage() from error
+        except Exception as error:  # the database is away, say: try again later, not in a tight loop
+            attempt = message.raw_message.metadata.num_delivered or 1
+            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
+            log.warning(
+                "job event not settled; retrying",
+                extra={"subject": subject, "error": repr(error), "delay": delay},
+            )
+            raise NackMessage(delay=delay) from error
 
     async def _on_outcome(self, outcome: jobs_pb2.JobOutcome) -> None:
         result = await settle_outcome(self.ledger, outcome)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
+from imagegen_common import timestamps
+from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
 from imagegen_gateway.errors import (
     GatewayError,
     InsufficientCreditsError,
@@ -41,8 +42,6 @@ _SERVICE_CONFIG = json.dumps(
     }
 )
 
-_INSUFFICIENT = re.compile(r"insufficient credits: need (\d+), have (-?\d+)")
-
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -64,19 +63,17 @@ class ReservationRequest:
     webhook_url: str = ""
 
 
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def translate(error: grpc.aio.AioRpcError) -> GatewayError:
     """Billing's status codes as the gateway's errors."""
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return InvalidTokenError("invalid or revoked API token")
-    if code == grpc.StatusCode.FAILED_PRECONDITION and (match := _INSUFFICIENT.search(details)):
-        return InsufficientCreditsError(required=int(match[1]), available=int(match[2]))
+    trailing = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
+    numbers = {key: str(value) for key, value in trailing}
+    if code == grpc.StatusCode.FAILED_PRECONDITION and REQUIRED_CREDITS in numbers:
+        return InsufficientCreditsError(
+            required=int(numbers[REQUIRED_CREDITS]), available=int(numbers[AVAILABLE_CREDITS])
+        )
     if code in (
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
@@ -131,7 +128,7 @@ class BillingClient:
                     account_id=account_id,
                     job_id=r.job_id,
                     amount=r.amount,
-                    expire_time=_timestamp(expire_time),
+                    expire_time=timestamps.from_datetime(expire_time),
                     details=resources_pb2.JobDetails(
                         model=r.model,
                         width=r.width,
@@ -153,14 +150,17 @@ class BillingClient:
 
     async def release(
         self, job_id: str, reason: str, result: resources_pb2.JobResult | None = None
-    ) -> resources_pb2.Reservation:
-        """Frees a held reservation; returns its state, CAPTURED if the image was already made."""
+    ) -> resources_pb2.Reservation | None:
+        """Frees a held reservation; returns its state (CAPTURED if the image was already made), or
+        None when the job has no reservation."""
         request = pb.ReleaseRequest(job_id=job_id, reason=reason, result=result)
         try:
             reply = await self.stub.Release(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 return await self.reservation(job_id)
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
             raise translate(exc) from exc
         return reply.reservation
 

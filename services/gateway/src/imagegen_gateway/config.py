@@ -10,12 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from imagegen_common.images import ImageStorageSettings
-from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
+from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings, split_host_port
 
 
 class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings, ImageStorageSettings):

@@ -20,16 +20,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegen.billing.v1 import resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common import timestamps
 from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
 from imagegen_common.outcomes import error_code_name
 from imagegen_gateway.billing_client import BillingClient, Principal, ReservationRequest
 from imagegen_gateway.catalog import ModelCatalog, price, provider_reference
 from imagegen_gateway.errors import (
+    GatewayError,
     GenerationFailedError,
     GenerationTimeoutError,
     InvalidInputError,
@@ -50,6 +51,8 @@ STAGE_NAMES = {
     jobs_pb2.JobProgress.STAGE_STORING: "storing",
 }
 NOT_CHARGED = "No credits were charged."
+#: The longest prompt either front end takes (and the hosted API documents).
+MAX_PROMPT_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,9 @@ class Submission:
     deadline: datetime
     #: The account's credits right after the reservation (its cost already taken).
     credits_remaining: int
+    #: This call made the reservation (and queued the job); False for an idempotent repeat, whose
+    #: job belongs to the first call and must not be cancelled by this one.
+    owned: bool
 
     @property
     def state(self) -> resources_pb2.Reservation.State.ValueType:
@@ -103,12 +109,6 @@ def idempotent_job_id(account_id: str, key: str, index: int = 0) -> str:
     """The job id of a client's idempotency key: the same key of the same account gives the same job."""
     digest = hashlib.sha256(f"{account_id}\0{key}\0{index}".encode()).digest()[:16]
     return "img_" + base64.b32encode(digest).decode().rstrip("=").lower()
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def failure_of(result: resources_pb2.JobResult, fallback: str) -> GenerationFailedError:
@@ -165,6 +165,7 @@ class Generations:
             ],
             expire_time=deadline + self.reservation_grace,
         )
+        created = set(held.created_job_ids)
         submissions = []
         for reservation in held.reservations:
             if reservation.details.request_fingerprint != fingerprint:
@@ -182,18 +183,21 @@ class Generations:
                     reservation=reservation,
                     deadline=reservation.expire_time.ToDatetime(UTC) - self.reservation_grace,
                     credits_remaining=held.credits,
+                    owned=reservation.job_id in created,
                 )
             )
-        queued = [s for s in submissions if s.state == Reservation.STATE_HELD]
+        queued = [s for s in submissions if s.owned]  # a repeat's job was queued by the first call
         try:
             for submission in queued:
                 await self.bus.publish(
                     self._job(principal, request, model, submission, reply, notify_webhook=bool(webhook_url))
                 )
         except (nats.errors.Error, TimeoutError) as exc:
+            # Some of them may be queued (a publish whose ack was lost, or those before it): mark them
+            # all cancelled, so that no generator makes them, then give every credit back.
             log.error("could not queue jobs", extra={"error": repr(exc)})
             for submission in queued:
-                await self.billing.release(submission.job_id, "not queued: job queue unavailable")
+                await self._abandon(submission.job_id, "not queued: job queue unavailable")
             raise ServiceUnavailableError(
                 f"the job queue is unavailable; please try again shortly. {NOT_CHARGED}"
             ) from exc
@@ -231,7 +235,7 @@ class Generations:
             width=request.width,
             height=request.height,
             input_image_urls=list(request.input_image_urls),
-            deadline=_timestamp(submission.deadline),
+            deadline=timestamps.from_datetime(submission.deadline),
             reply_subject=self.bus.reply_subject(submission.job_id) if reply else "",
             submit_time=submission.reservation.create_time,
             report_start=not reply,  # nobody waits on a reply: the submitter polls the status
@@ -250,14 +254,23 @@ class Generations:
         timeout or cancellation — unless the image was made before the client gave up."""
         job_id = idempotent_job_id(principal.account_id, idempotency_key) if idempotency_key else new_job_id()
         with self.bus.watch(job_id) as updates:
-            [submission] = await self.submit(principal, request, [job_id], frontend=frontend)
+            try:
+                [submission] = await self.submit(principal, request, [job_id], frontend=frontend)
+            except GatewayError:
+                raise  # refused before anything was held, or submit gave the credits back itself
+            except BaseException:
+                # Cancelled while holding the credits or queueing: free them, unless the job id is an
+                # idempotency key's (then the reservation may be a first call's, still running).
+                if not idempotency_key:
+                    await self._in_background(self._abandon(job_id, "cancelled"))
+                raise
             started = time.perf_counter()
             try:
                 with WAITS_IN_FLIGHT.track_inprogress():
                     result = await self._wait(submission, updates, on_progress)
                 GENERATION_WAIT.labels(frontend=frontend).observe(time.perf_counter() - started)
             except GenerationTimeoutError:
-                made_anyway = await self._abandon(submission, "timeout")
+                made_anyway = await self._abandon(job_id, "timeout") if submission.owned else None
                 if made_anyway is None:
                     raise GenerationTimeoutError(
                         f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds "
@@ -265,7 +278,8 @@ class Generations:
                     ) from None
                 result = made_anyway
             except BaseException:  # the client went away (cancellation) or we failed: free the credits
-                await self._in_background(self._abandon(submission, "cancelled"))
+                if submission.owned:
+                    await self._in_background(self._abandon(job_id, "cancelled"))
                 raise
         if result.image_url:
             return await self._delivered(principal, submission, result)
@@ -302,14 +316,19 @@ class Generations:
             credits_remaining=submission.credits_remaining,
         )
 
-    async def _abandon(self, submission: Submission, reason: str) -> resources_pb2.JobResult | None:
-        """Cancels the job and frees its credits; returns its result if the image was made anyway."""
+    async def _abandon(self, job_id: str, reason: str) -> resources_pb2.JobResult | None:
+        """Cancels the job and frees its credits; returns its result if the image was made anyway.
+        A job that has no reservation (it was never held) is left alone."""
         try:
-            await self.bus.cancel(submission.job_id, reason)
+            await self.bus.cancel(job_id, reason)
         except (nats.errors.Error, TimeoutError):
-            log.warning("could not publish a job cancellation", extra={"job_id": submission.job_id})
-        reservation = await self.billing.release(submission.job_id, reason)
-        if reservation.state == Reservation.STATE_CAPTURED and reservation.result.image_url:
+            log.warning("could not publish a job cancellation", extra={"job_id": job_id})
+        reservation = await self.billing.release(job_id, reason)
+        if (
+            reservation is not None
+            and reservation.state == Reservation.STATE_CAPTURED
+            and reservation.result.image_url
+        ):
             return reservation.result
         return None
 

@@ -26,7 +26,14 @@ from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
 from imagegen_gateway.billing_client import Principal
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.errors import GatewayError
-from imagegen_gateway.generation import NOT_CHARGED, DeliveredImage, Generations, ImageRequest
+from imagegen_gateway.generation import (
+    MAX_PROMPT_CHARS,
+    NOT_CHARGED,
+    DeliveredImage,
+    Generations,
+    ImageRequest,
+)
+from imagegen_gateway.idempotency import MAX_KEY_CHARS
 from imagegen_gateway.metrics import TOOL_CALLS
 from imagegen_gateway.providers import ProviderRegistry
 from imagegen_gateway.views import model_view
@@ -36,7 +43,6 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "imagegen"
 #: The default model, for a schema asked for before the catalog was first fetched.
 NANO_BANANA = "nano-banana"
-MAX_PROMPT_CHARS = 1024
 PRINCIPAL_SCOPE_KEY = "imagegen.principal"
 
 
@@ -78,7 +84,7 @@ class GenerateImageArguments(BaseModel):
         str | None,
         Field(
             min_length=1,
-            max_length=255,
+            max_length=MAX_KEY_CHARS,
             description=(
                 "Optional key that makes a retry safe: a repeat with the same key returns the first "
                 "result and is charged once."

@@ -54,15 +54,22 @@ WEBHOOK_DURATION = Histogram(
 )
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def route_template(scope: Scope) -> str:
-    """The matched route's path template ("/images/{filename}"), never the raw path (unbounded)."""
+    """The matched route's path template ("/images/{filename}"), never the raw path (unbounded); a
+    path that matched with another method (405) counts under its route too."""
     app = scope.get("app")
     router = getattr(app, "router", None)
+    partial = None
     for route in getattr(router, "routes", []):
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", "other"))
-    return "unmatched"
+        if match == Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", "other"))
+    return partial or "unmatched"
 
 
 class HttpMetricsMiddleware:
@@ -85,6 +92,7 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route, method = route_template(scope), scope["method"]
+            route = route_template(scope)
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"  # bounded labels
             HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
             HTTP_DURATION.labels(route=route, method=method).observe(time.perf_counter() - started)

@@ -7,7 +7,7 @@ import logging
 import time
 
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from imagegen_common import nats_names
@@ -45,7 +45,10 @@ class ProviderRegistry:
             return set()
         providers = set()
         for key in keys:
-            entry = await self._kv.get(key)
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:  # the replica stopped (or its entry expired) since keys()
+                continue
             if entry.value:
                 providers.add(str(json.loads(entry.value).get("provider", "unknown")))
         return providers

@@ -54,7 +54,7 @@ class Gateway:
 
 async def _connect_nats(settings: GatewaySettings) -> NATS:
     return await nats.connect(
-        servers=[url.strip() for url in settings.nats_url.split(",")],
+        servers=settings.nats_servers,
         name="imagegen-gateway",
         connect_timeout=settings.nats_connect_timeout_seconds,
         max_reconnect_attempts=-1,  # keep trying for as long as we run; readiness reports the outage

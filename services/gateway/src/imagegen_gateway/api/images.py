@@ -30,7 +30,7 @@ from imagegen_gateway.api.schemas import (
 from imagegen_gateway.billing_client import Principal
 from imagegen_gateway.errors import InvalidInputError, NotFoundError
 from imagegen_gateway.generation import ImageRequest, idempotent_job_id
-from imagegen_gateway.idempotency import Answer, fingerprint
+from imagegen_gateway.idempotency import MAX_KEY_CHARS, Answer, fingerprint
 from imagegen_gateway.state import Gateway
 
 router = APIRouter(prefix="/api", tags=["images"], route_class=ApiRoute)
@@ -90,7 +90,7 @@ async def generate(
         Header(
             alias="Idempotency-Key",
             min_length=1,
-            max_length=255,
+            max_length=MAX_KEY_CHARS,
             description="Makes a retry safe: the same key and body within 24 hours get the first answer.",
         ),
     ] = None,

@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
+from imagegen_gateway.generation import MAX_PROMPT_CHARS
 
-MAX_PROMPT_CHARS = 1024
 MAX_IMAGES_PER_REQUEST = 10
 MAX_INPUT_IMAGES = 10
 MAX_URL_CHARS = 2048
@@ -98,7 +98,8 @@ class GenerateRequest(BaseModel):
     negative_prompt: Annotated[
         str | None,
         Field(
-            max_length=MAX_PROMPT_CHARS, description="What to keep out of the image, at most 1024 characters."
+            max_length=MAX_PROMPT_CHARS,
+            description=f"What to keep out of the image, at most {MAX_PROMPT_CHARS} characters.",
         ),
     ] = None
     webhook_url: Annotated[

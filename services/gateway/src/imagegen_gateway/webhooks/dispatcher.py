@@ -20,14 +20,13 @@ from datetime import UTC, datetime
 
 import nats.errors
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from imagegen.billing.v1 import resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names
+from imagegen_common import nats_names, timestamps
 from imagegen_common.jetstream import ensure_stream
 from imagegen_gateway.api.views import image
 from imagegen_gateway.billing_client import BillingClient
@@ -201,7 +200,7 @@ class WebhookDispatcher:
                 attempt=attempt,
                 status_code=result.status_code,
                 error=result.error,
-                attempt_time=_now_stamp(),
+                attempt_time=timestamps.now(),
             ),
             final=delay is None,
         )
@@ -231,10 +230,9 @@ class WebhookDispatcher:
         except ValueError:  # an error code newer than this gateway: left to billing's settlement
             return reservation
         if outcome.HasField("image"):
-            settled = await self._billing.capture(reservation.job_id, result)
-        else:
-            settled = await self._billing.release(reservation.job_id, f"failed: {result.error_code}", result)
-        return settled
+            return await self._billing.capture(reservation.job_id, result)
+        released = await self._billing.release(reservation.job_id, f"failed: {result.error_code}", result)
+        return released or reservation
 
     async def _send(
         self, reservation: resources_pb2.Reservation, outcome: jobs_pb2.JobOutcome, event_type: str
@@ -253,12 +251,6 @@ class WebhookDispatcher:
             signing.signing_secret, message_id(reservation.job_id, event_type), datetime.now(UTC), body
         )
         return await self._sender.send(reservation.webhook.url, body, headers)
-
-
-def _now_stamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    return stamp
 
 
 def _result_label(result: SendResult, retrying: bool) -> str:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from imagegen.billing.v1 import resources_pb2 as imagegen_dot_billing_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"W\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x19\n\x11input_image_count\x18\x04 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"_\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"P\n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0f\x43\x61ptureResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"`\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\"T\n\x17ListReservationsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetWebhookSettingsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"l\n\x1aGetWebhookSettingsResponse\x12\x36\n\x08settings\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookSettings\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"b\n\x1bRecordWebhookAttemptRequest\x12\x34\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32#.imagegen.billing.v1.WebhookAttempt\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"V\n\x1cRecordWebhookAttemptResponse\x12\x36\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\",\n\x1aListWebhookAttemptsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"T\n\x1bListWebhookAttemptsResponse\x12\x35\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.WebhookAttempt2\xb4\n\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07\x43\x61pture\x12#.imagegen.billing.v1.CaptureRequest\x1a$.imagegen.billing.v1.CaptureResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponse\x12o\n\x10ListReservations\x12,.imagegen.billing.v1.ListReservationsRequest\x1a-.imagegen.billing.v1.ListReservationsResponse\x12u\n\x12GetWebhookSettings\x12..imagegen.billing.v1.GetWebhookSettingsRequest\x1a/.imagegen.billing.v1.GetWebhookSettingsResponse\x12{\n\x14RecordWebhookAttempt\x12\x30.imagegen.billing.v1.RecordWebhookAttemptRequest\x1a\x31.imagegen.billing.v1.RecordWebhookAttemptResponse\x12x\n\x13ListWebhookAttempts\x12/.imagegen.billing.v1.ListWebhookAttemptsRequest\x1a\x30.imagegen.billing.v1.ListWebhookAttemptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"W\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x19\n\x11input_image_count\x18\x04 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"x\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x17\n\x0f\x63reated_job_ids\x18\x03 \x03(\t\"P\n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0f\x43\x61ptureResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"`\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\"T\n\x17ListReservationsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetWebhookSettingsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"l\n\x1aGetWebhookSettingsResponse\x12\x36\n\x08settings\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookSettings\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"b\n\x1bRecordWebhookAttemptRequest\x12\x34\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32#.imagegen.billing.v1.WebhookAttempt\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"V\n\x1cRecordWebhookAttemptResponse\x12\x36\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\",\n\x1aListWebhookAttemptsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"T\n\x1bListWebhookAttemptsResponse\x12\x35\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.WebhookAttempt2\xb4\n\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07\x43\x61pture\x12#.imagegen.billing.v1.CaptureRequest\x1a$.imagegen.billing.v1.CaptureResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponse\x12o\n\x10ListReservations\x12,.imagegen.billing.v1.ListReservationsRequest\x1a-.imagegen.billing.v1.ListReservationsResponse\x12u\n\x12GetWebhookSettings\x12..imagegen.billing.v1.GetWebhookSettingsRequest\x1a/.imagegen.billing.v1.GetWebhookSettingsResponse\x12{\n\x14RecordWebhookAttempt\x12\x30.imagegen.billing.v1.RecordWebhookAttemptRequest\x1a\x31.imagegen.billing.v1.RecordWebhookAttemptResponse\x12x\n\x13ListWebhookAttempts\x12/.imagegen.billing.v1.ListWebhookAttemptsRequest\x1a\x30.imagegen.billing.v1.ListWebhookAttemptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,39 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEBATCHREQUEST']._serialized_start=803
   _globals['_RESERVEBATCHREQUEST']._serialized_end=879
   _globals['_RESERVEBATCHRESPONSE']._serialized_start=881
-  _globals['_RESERVEBATCHRESPONSE']._serialized_end=976
-  _globals['_CAPTUREREQUEST']._serialized_start=978
-  _globals['_CAPTUREREQUEST']._serialized_end=1058
-  _globals['_CAPTURERESPONSE']._serialized_start=1060
-  _globals['_CAPTURERESPONSE']._serialized_end=1149
-  _globals['_RELEASEREQUEST']._serialized_start=1151
-  _globals['_RELEASEREQUEST']._serialized_end=1247
-  _globals['_RELEASERESPONSE']._serialized_start=1249
-  _globals['_RELEASERESPONSE']._serialized_end=1338
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1340
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1379
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=1381
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=1495
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=1497
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=1536
-  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1538
-  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1617
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1619
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1703
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1705
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1812
-  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_start=1814
-  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_end=1861
-  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_start=1863
-  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_end=1971
-  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_start=1973
-  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_end=2071
-  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_start=2073
-  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_end=2159
-  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_start=2161
-  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_end=2205
-  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_start=2207
-  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_end=2291
-  _globals['_BILLINGSERVICE']._serialized_start=2294
-  _globals['_BILLINGSERVICE']._serialized_end=3626
+  _globals['_RESERVEBATCHRESPONSE']._serialized_end=1001
+  _globals['_CAPTUREREQUEST']._serialized_start=1003
+  _globals['_CAPTUREREQUEST']._serialized_end=1083
+  _globals['_CAPTURERESPONSE']._serialized_start=1085
+  _globals['_CAPTURERESPONSE']._serialized_end=1174
+  _globals['_RELEASEREQUEST']._serialized_start=1176
+  _globals['_RELEASEREQUEST']._serialized_end=1272
+  _globals['_RELEASERESPONSE']._serialized_start=1274
+  _globals['_RELEASERESPONSE']._serialized_end=1363
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1365
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1404
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=1406
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1520
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1522
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1561
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1563
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1642
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1644
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1728
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1730
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1837
+  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_start=1839
+  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_end=1886
+  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_start=1888
+  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_end=1996
+  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_start=1998
+  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_end=2096
+  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_start=2098
+  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_end=2184
+  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_start=2186
+  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_end=2230
+  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_start=2232
+  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_end=2316
+  _globals['_BILLINGSERVICE']._serialized_start=2319
+  _globals['_BILLINGSERVICE']._serialized_end=3651
 # @@protoc_insertion_point(module_scope)

@@ -246,18 +246,24 @@ class ReserveBatchResponse(_message.Message):
 
     RESERVATIONS_FIELD_NUMBER: _builtins.int
     CREDITS_FIELD_NUMBER: _builtins.int
+    CREATED_JOB_IDS_FIELD_NUMBER: _builtins.int
     credits: _builtins.int
     @_builtins.property
     def reservations(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Reservation]: ...
+    @_builtins.property
+    def created_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The job ids this call reserved; the others already had their reservation (idempotent repeats)."""
+
     def __init__(
         self,
         *,
         reservations: _abc.Iterable[_resources_pb2.Reservation] | None = ...,
         credits: _builtins.int = ...,
+        created_job_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "reservations", b"reservations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_job_ids", b"created_job_ids", "credits", b"credits", "reservations", b"reservations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
