@@ -3,6 +3,7 @@ server (a real HTTP S3 fake)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -11,16 +12,19 @@ import nats
 import pytest
 from moto.server import ThreadedMotoServer
 
+from imagegen_common import nats_names
 from imagegen_common.ids import new_job_id
 from imagegen_common.images import (
     ImageStorageSettings,
     ImageStore,
     InvalidImageName,
+    NatsImageStore,
     image_filename,
     image_url,
     open_image_store,
     parse_image_filename,
     parse_image_url,
+    strong_etag,
 )
 from imagegen_testing.nats_server import NatsServer
 from imagegen_testing.net import free_port
@@ -99,11 +103,41 @@ async def test_nats_object_store(nats_server: NatsServer) -> None:
     try:
         async with open_image_store(ImageStorageSettings(), nc) as store:
             await check_store(store)
-            big = hashlib.sha256(b"seed").digest() * 40_000  # 1.28 MB: several chunks
-            await store.put("img_bbbbbbbbbbbbbbbbbbbbbbbbbb", big, "image/webp")
+    finally:
+        await nc.close()
+
+
+async def test_nats_object_store_reads_a_multi_megabyte_image(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with open_image_store(ImageStorageSettings(), nc) as store:
+            # 12 MB of distinct 128 KiB chunks, so that a chunk out of order or twice would show.
+            big = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(400_000))
+            stored = await store.put("img_bbbbbbbbbbbbbbbbbbbbbbbbbb", big, "image/webp")
             found = await store.get("img_bbbbbbbbbbbbbbbbbbbbbbbbbb.webp")
             assert found is not None
             assert found.data == big
+            assert found.info.size_bytes == len(big)
+            assert found.info.etag == stored.etag == strong_etag(big)
+    finally:
+        await nc.close()
+
+
+async def test_a_nats_read_whose_chunks_never_come_times_out(nats_server: NatsServer) -> None:
+    """An object whose chunks are gone (lost, or a stream that does not deliver them): nats-py would
+    wait for them forever; the store gives up after its read timeout."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        store = await NatsImageStore.open(nc, read_timeout=0.5)
+        image_id = new_job_id()
+        await store.put(image_id, b"\x89PNG" * 100_000, "image/png")
+        js = nc.jetstream()
+        info = await (await js.object_store(nats_names.IMAGES_BUCKET)).get_info(f"{image_id}.png")
+        bucket = nats_names.IMAGES_BUCKET
+        await js.purge_stream(f"OBJ_{bucket}", subject=f"$O.{bucket}.C.{info.nuid}")
+        async with asyncio.timeout(10):  # a guard for the test itself, not a measure
+            with pytest.raises(TimeoutError):
+                await store.get(f"{image_id}.png")
     finally:
         await nc.close()
 

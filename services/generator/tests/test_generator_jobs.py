@@ -7,12 +7,13 @@ import io
 import time
 from collections.abc import Callable
 
+import pytest
 from nats.js.api import ConsumerConfig
 from PIL import Image
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
-from imagegen_common.images import parse_image_url
+from imagegen_common.images import image_url, parse_image_url
 from imagegen_generator.app import running_generator
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.consumer import ConsumerOptions, consumer_config
@@ -153,21 +154,22 @@ async def test_unknown_model_is_invalid_input(local_settings: Settings, bus: Bus
     assert outcome.failure.code == jobs_pb2.ERROR_CODE_INVALID_INPUT
 
 
-async def test_provider_unavailable_is_retried_on_a_later_delivery(
+async def test_a_create_answered_500_is_sent_once_per_delivery(
     replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
-    # Every request of the first delivery gets a 503 (1 try + 1 retry), the second delivery succeeds.
-    fake_replicate.behaviour.create_failures = [(503, None), (503, None)]
-    settings = replicate_settings(replicate_max_retries=1)
+    # A 500 to a create may come after Replicate made the prediction: no retry within the delivery
+    # (that could pay twice), the job is handed back and a later delivery tries again.
+    fake_replicate.behaviour.create_failures = [(500, None), (500, None)]
+    settings = replicate_settings(replicate_max_retries=3, generator_max_deliver=3)
     async with running_generator(settings):
         job = make_job()
         await bus.submit(job)
         outcome = await bus.replies.outcome(job.job_id)
     assert outcome.WhichOneof("result") == "image", outcome
-    assert outcome.attempt == 2
+    assert outcome.attempt == 3
     assert len(fake_replicate.creates) == 3
     started = await bus.started_events()
-    assert [s.attempt for s in started] == [1, 2]
+    assert [s.attempt for s in started] == [1, 2, 3]
     assert len(await bus.outcome_events()) == 1
 
 
@@ -175,7 +177,7 @@ async def test_provider_unavailable_on_the_last_delivery_is_the_outcome(
     replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
     fake_replicate.behaviour.create_failures = [(502, None)] * 10
-    settings = replicate_settings(replicate_max_retries=0, generator_max_deliver=2)
+    settings = replicate_settings(generator_max_deliver=2)
     async with running_generator(settings):
         job = make_job()
         await bus.submit(job)
@@ -184,6 +186,60 @@ async def test_provider_unavailable_on_the_last_delivery_is_the_outcome(
     assert outcome.attempt == 2
     assert len(fake_replicate.creates) == 2
     assert "Traceback" not in outcome.failure.message
+
+
+async def test_a_redelivered_job_whose_image_is_stored_is_not_made_again(
+    replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first delivery makes and stores the image, then cannot publish its outcome (the events
+    stream is gone) and hands the job back. A redelivery publishes the outcome of the stored image:
+    no second prediction, and the image behind its (immutable) URL is not written again."""
+    settings = replicate_settings(generator_max_deliver=5)
+    async with running_generator(settings) as generator:
+        await bus.js.delete_stream(nats_names.EVENTS_STREAM)
+        job = make_job(report_start=False)
+        await bus.submit(job)
+        await wait_until(
+            lambda: "job outcome could not be published" in caplog.text, what="the failed publish"
+        )
+        filename = f"{job.job_id}.png"
+        stored = await generator.store.get(filename)
+        assert stored is not None
+        bucket = await bus.js.object_store(nats_names.IMAGES_BUCKET)
+        written = await bucket.get_info(filename)
+        await bus.js.add_stream(nats_names.events_stream_config())
+
+        outcome = await bus.replies.outcome(job.job_id)
+        assert outcome.WhichOneof("result") == "image", outcome
+        assert outcome.attempt >= 2
+        assert (await bucket.get_info(filename)).nuid == written.nuid  # the same object, not a new one
+        again = await generator.store.get(filename)
+        assert again is not None
+        assert again.info.etag == stored.info.etag
+    assert len(fake_replicate.creates) == 1
+    image = outcome.image
+    assert image.url == image_url(settings.public_base_url, filename)
+    assert (image.image_id, image.mime_type, image.size_bytes) == (
+        job.job_id,
+        "image/png",
+        stored.info.size_bytes,
+    )
+    assert (image.width, image.height) == (job.width, job.height)
+    assert [e.job_id for e in await bus.outcome_events()] == [job.job_id]
+
+
+async def test_the_jobs_provider_model_is_the_one_called(
+    replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
+) -> None:
+    async with running_generator(replicate_settings()):
+        job = make_job("flux-schnell", 1024, 576)
+        job.provider_model = "someone/flux-schnell-fork"
+        await bus.submit(job)
+        outcome = await bus.replies.outcome(job.job_id)
+    assert outcome.WhichOneof("result") == "image", outcome
+    (create,) = fake_replicate.creates
+    assert create.path == "/v1/models/someone/flux-schnell-fork/predictions"
+    assert create.input["aspect_ratio"] == "16:9"  # the catalog model's input mapping
 
 
 async def test_a_job_longer_than_the_ack_wait_is_kept_alive_not_redelivered(

@@ -10,7 +10,7 @@ from PIL import Image
 from imagegen_common.catalog import load_catalog
 from imagegen_generator.normalize import UnreadableImage, normalize_image, verify_image
 from imagegen_generator.providers.base import GenerationRequest
-from imagegen_generator.providers.local import LocalProvider
+from imagegen_generator.providers.local import INSTANT_CACHE_SIZES, LocalProvider
 
 
 def encoded(width: int, height: int, fmt: str = "PNG", mode: str = "RGB") -> bytes:
@@ -109,4 +109,20 @@ async def test_local_provider_instant_mode_serves_cached_images() -> None:
     assert first.data is second.data
     assert decode(first.data).size == (800, 600)
     assert first.mime_type == "image/webp"
+    await provider.aclose()
+
+
+async def test_local_provider_instant_mode_keeps_the_most_recently_used_sizes() -> None:
+    provider = LocalProvider("png", instant=True)
+    sizes = [(64 + n, 64) for n in range(INSTANT_CACHE_SIZES + 5)]
+    first = await provider.generate(request(*sizes[0]))
+    for size in sizes[1:INSTANT_CACHE_SIZES]:
+        await provider.generate(request(*size))
+    assert (await provider.generate(request(*sizes[0]))).data is first.data  # used again: kept
+    for size in sizes[INSTANT_CACHE_SIZES:]:
+        await provider.generate(request(*size))
+    assert len(provider.cached_sizes) == INSTANT_CACHE_SIZES
+    assert provider.cached_sizes[-1] == sizes[-1]
+    assert sizes[0] in provider.cached_sizes
+    assert sizes[1] not in provider.cached_sizes  # the least recently used go first
     await provider.aclose()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from prometheus_client import REGISTRY
@@ -24,27 +26,80 @@ from imagegen_generator.providers.replicate import (
     first_output_url,
     parse_retry_after,
 )
-from imagegen_testing.fake_replicate import FakeReplicate
+from imagegen_testing.fake_replicate import FakeReplicate, output_size, render_output
 from imagegen_testing.jobs import wait_until
 
 CATALOG = load_catalog()
 
 
+def options(fake: FakeReplicate, **overrides: Any) -> ReplicateOptions:
+    values: dict[str, Any] = {
+        "api_token": fake.token,
+        "base_url": fake.url,
+        "wait_seconds": 5,
+        "poll_interval_seconds": 0.05,
+        "max_retries": 3,
+        "retry_initial_seconds": 0.05,
+        "retry_max_seconds": 2.0,
+        **overrides,
+    }
+    return ReplicateOptions(**values)
+
+
 @pytest.fixture
 async def provider(fake_replicate: FakeReplicate) -> AsyncIterator[ReplicateProvider]:
-    provider = ReplicateProvider(
-        ReplicateOptions(
-            api_token=fake_replicate.token,
-            base_url=fake_replicate.url,
-            wait_seconds=5,
-            poll_interval_seconds=0.05,
-            max_retries=3,
-            retry_initial_seconds=0.05,
-            retry_max_seconds=2.0,
-        )
-    )
+    provider = ReplicateProvider(options(fake_replicate))
     yield provider
     await provider.aclose()
+
+
+class FaultyNetwork(httpx.AsyncBaseTransport):
+    """The network between the client and the fake Replicate, failing the next creates: ``unsent``
+    ones before they leave (connection refused), ``lost`` ones after the fake has answered them
+    (the answer never arrives)."""
+
+    def __init__(self, unsent: int = 0, lost: int = 0, lost_as: type[httpx.TransportError] | None = None):
+        self._network = httpx.AsyncHTTPTransport()
+        self.unsent = unsent
+        self.lost = lost
+        self.lost_as = lost_as or httpx.RemoteProtocolError
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        create = request.method == "POST" and request.url.path.endswith("/predictions")
+        if create and self.unsent:
+            self.unsent -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        response = await self._network.handle_async_request(request)
+        if create and self.lost:
+            self.lost -= 1
+            await response.aclose()
+            raise self.lost_as("the answer was lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._network.aclose()
+
+
+class DataUriReplicate(FakeReplicate):
+    """A fake Replicate whose predictions give their image inline, as a data URI (some models do)."""
+
+    def _json(self, prediction: Any) -> dict[str, Any]:
+        body = super()._json(prediction)
+        if body["output"] is not None:
+            width, height = output_size(prediction.behaviour, prediction.input)
+            data = render_output(width, height, "png")
+            body["output"] = f"data:image/png;base64,{base64.b64encode(data).decode()}"
+        return body
+
+
+@pytest.fixture
+def data_uri_replicate() -> Iterator[DataUriReplicate]:
+    fake = DataUriReplicate()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def request(
@@ -112,26 +167,113 @@ async def test_429_with_retry_after_is_retried(
     assert retries("rate_limited") == before + 2
 
 
-async def test_5xx_on_create_and_on_poll_are_retried(
-    provider: ReplicateProvider, fake_replicate: FakeReplicate
-) -> None:
+async def test_5xx_on_poll_is_retried(provider: ReplicateProvider, fake_replicate: FakeReplicate) -> None:
     before = retries("server_error")
     fake_replicate.behaviour.delay_seconds = 2.0  # longer than the 1 s wait: polled
-    fake_replicate.behaviour.create_failures = [(500, None), (502, None)]
-    fake_replicate.behaviour.get_failures = [(500, None)]
+    fake_replicate.behaviour.get_failures = [(500, None), (502, None)]
     await provider.generate(request(deadline=time.time() + 1.5))
-    assert len(fake_replicate.creates) == 3
-    assert retries("server_error") >= before + 3
+    assert len(fake_replicate.creates) == 1
+    assert retries("server_error") == before + 2
 
 
-async def test_persistent_5xx_is_provider_unavailable(
-    provider: ReplicateProvider, fake_replicate: FakeReplicate
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_a_create_answered_5xx_is_sent_once(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate, status: int
 ) -> None:
-    fake_replicate.behaviour.create_failures = [(503, None)] * 10
-    with pytest.raises(errors.ProviderUnavailable) as caught:
+    """A 5xx may come from a proxy after Replicate made the prediction: sending the create again could
+    pay for two. The delivery fails as retryable; a later delivery tries again."""
+    fake_replicate.behaviour.create_failures = [(status, None)] * 10
+    with pytest.raises(errors.ProviderUnavailable, match=f"HTTP {status}") as caught:
         await provider.generate(request())
     assert caught.value.retryable
-    assert len(fake_replicate.creates) == 4  # 1 + max_retries
+    assert len(fake_replicate.creates) == 1
+
+
+async def test_persistent_5xx_on_poll_is_provider_unavailable(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.hold = True
+    fake_replicate.behaviour.get_failures = [(500, None)] * 10
+    with pytest.raises(errors.ProviderUnavailable) as caught:
+        await provider.generate(request(deadline=time.time() + 1))
+    assert caught.value.retryable
+    assert len(fake_replicate.recorded("GET", "/v1/predictions/")) == 4  # 1 + max_retries
+    assert len(fake_replicate.creates) == 1
+
+
+async def test_a_create_that_could_not_connect_is_retried(fake_replicate: FakeReplicate) -> None:
+    network = FaultyNetwork(unsent=2)
+    provider = ReplicateProvider(options(fake_replicate), transport=network)
+    try:
+        output = await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert output.data
+    assert network.unsent == 0
+    assert len(fake_replicate.creates) == 1
+
+
+@pytest.mark.parametrize("lost_as", [httpx.RemoteProtocolError, httpx.ReadTimeout, httpx.ReadError])
+async def test_a_create_whose_answer_was_lost_is_not_sent_again(
+    fake_replicate: FakeReplicate, lost_as: type[httpx.TransportError]
+) -> None:
+    provider = ReplicateProvider(options(fake_replicate), transport=FaultyNetwork(lost=1, lost_as=lost_as))
+    try:
+        with pytest.raises(errors.ProviderUnavailable, match="could not be reached") as caught:
+            await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert caught.value.retryable
+    assert len(fake_replicate.creates) == 1
+
+
+async def test_the_jobs_provider_model_is_called_with_the_catalogs_input(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    await provider.generate(request("flux-schnell", provider_model="someone/flux-schnell-fork"))
+    await provider.generate(request("flux-schnell", provider_model="someone/flux-schnell-fork:0123abcd"))
+    by_model, by_version = fake_replicate.creates
+    assert by_model.path == "/v1/models/someone/flux-schnell-fork/predictions"
+    assert by_version.path == "/v1/predictions"
+    assert by_version.body["version"] == "0123abcd"
+    for create in (by_model, by_version):
+        assert create.input == {
+            "output_format": "png",
+            "num_outputs": 1,
+            "prompt": "a red fox",
+            "aspect_ratio": "16:9",
+        }
+
+
+async def test_an_invalid_provider_model_is_a_provider_error_without_a_call(
+    provider: ReplicateProvider, fake_replicate: FakeReplicate
+) -> None:
+    with pytest.raises(errors.ProviderError):
+        await provider.generate(request(provider_model="no-owner"))
+    assert fake_replicate.api_calls == []
+
+
+async def test_a_data_uri_output_is_decoded(data_uri_replicate: DataUriReplicate) -> None:
+    provider = ReplicateProvider(options(data_uri_replicate))
+    try:
+        output = await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert output.mime_type == "image/png"
+    assert output.data == render_output(1024, 576, "png")
+
+
+@pytest.mark.parametrize("under_by", [1, 1000])
+async def test_a_data_uri_output_over_the_cap_is_refused(
+    data_uri_replicate: DataUriReplicate, under_by: int
+) -> None:
+    cap = len(render_output(1024, 576, "png")) - under_by
+    provider = ReplicateProvider(options(data_uri_replicate, output_max_bytes=cap))
+    try:
+        with pytest.raises(errors.ProviderError, match="larger than allowed"):
+            await provider.generate(request())
+    finally:
+        await provider.aclose()
 
 
 async def test_unreachable_provider_is_provider_unavailable(fake_replicate: FakeReplicate) -> None:

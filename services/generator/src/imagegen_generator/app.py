@@ -85,7 +85,7 @@ class Generator:
 
 def _broker(settings: GeneratorSettings) -> NatsBroker:
     return NatsBroker(
-        [url.strip() for url in settings.nats_url.split(",") if url.strip()],
+        settings.nats_servers,
         name="imagegen-generator",
         connect_timeout=max(1, round(settings.nats_connect_timeout_seconds)),
         max_reconnect_attempts=-1,  # keep trying: the readiness probe tells the orchestrator

@@ -10,7 +10,13 @@ from pydantic_settings import SettingsConfigDict
 
 from imagegen_common.images import ImageStorageSettings
 from imagegen_common.safe_fetch import SafeFetchSettings
-from imagegen_common.settings import ENV_PREFIX, BaseServiceSettings, NatsSettings, PublicUrlSettings
+from imagegen_common.settings import (
+    ENV_PREFIX,
+    BaseServiceSettings,
+    NatsSettings,
+    PublicUrlSettings,
+    split_host_port,
+)
 
 ProviderChoice = Literal["auto", "replicate", "local"]
 ImageFormat = Literal["png", "webp"]
@@ -115,8 +121,7 @@ class GeneratorSettings(
 
     @property
     def ops_host_port(self) -> tuple[str, int]:
-        host, _, port = self.generator_ops_listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return split_host_port(self.generator_ops_listen)
 
     @property
     def uses_replicate(self) -> bool:

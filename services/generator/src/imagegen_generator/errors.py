@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common.outcomes import error_code_name
 
 
 class JobError(Exception):
@@ -56,4 +57,4 @@ def outcome_label(code: jobs_pb2.ErrorCode.ValueType | None) -> str:
     """The metric label of an outcome: ``succeeded`` or the error code (``provider_error``)."""
     if code is None:
         return "succeeded"
-    return jobs_pb2.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
+    return error_code_name(code)

@@ -1,9 +1,11 @@
 """One job, from a decoded GenerationJob to the decision of what to do with it: an outcome to
 publish, or a retry later. No NATS here: the consumer (consumer.py) acks, naks and publishes.
 
-Order of a job: deadline passed? cancelled? valid for its model? then JobStarted, progress
-"generating", input images and the provider call (bounded by the deadline, stopped by a cancel),
-progress "storing", normalise and store, and the outcome.
+Order of a job: on a redelivery, is its image stored already (an earlier delivery did the work but
+its outcome was not published)? then its outcome from the stored image. Otherwise: deadline passed?
+cancelled? valid for its model? then JobStarted, progress "generating", input images and the
+provider call (bounded by the deadline, stopped by a cancel), progress "storing", normalise and
+store, and the outcome.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common.catalog import Catalog, CatalogError, Model
-from imagegen_common.images import ImageStore, image_url
+from imagegen_common.images import MIME_BY_EXTENSION, ImageStore, image_filename, image_url
 from imagegen_common.logging import prompt_preview
+from imagegen_common.timestamps import duration, from_seconds, seconds_of
 from imagegen_generator import metrics
 from imagegen_generator.errors import (
     Cancelled,
@@ -33,7 +33,13 @@ from imagegen_generator.errors import (
     ProviderError,
 )
 from imagegen_generator.inputs import InputImageLoader
-from imagegen_generator.normalize import ImageFormat, NormalizedImage, UnreadableImage, normalize_image
+from imagegen_generator.normalize import (
+    MIME_TYPES,
+    ImageFormat,
+    NormalizedImage,
+    UnreadableImage,
+    normalize_image,
+)
 from imagegen_generator.providers.base import GenerationRequest, Provider, ProviderOutput
 
 log = logging.getLogger(__name__)
@@ -79,22 +85,6 @@ class RunnerOptions:
     retry_delay_seconds: float = 2.0
 
 
-def timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def duration(seconds: float) -> Duration:
-    span = Duration()
-    span.FromNanoseconds(int(max(0.0, seconds) * 1e9))
-    return span
-
-
-def seconds_of(stamp: Timestamp) -> float:
-    return stamp.ToNanoseconds() / 1e9
-
-
 def failure_outcome(
     job: jobs_pb2.GenerationJob, attempt: int, error: JobError, finish_time: float
 ) -> jobs_pb2.JobOutcome:
@@ -104,7 +94,7 @@ def failure_outcome(
         model=job.model,
         notify_webhook=job.notify_webhook,
         failure=jobs_pb2.JobFailure(code=error.code, message=error.message),
-        finish_time=timestamp(finish_time),
+        finish_time=from_seconds(finish_time),
         attempt=attempt,
     )
     if job.HasField("submit_time"):
@@ -184,6 +174,10 @@ class JobRunner:
     async def _run(
         self, job: jobs_pb2.GenerationJob, attempt: int, cancel: asyncio.Event, took: float
     ) -> jobs_pb2.JobOutcome:
+        if attempt > 1:
+            done = await self._outcome_of_stored_image(job, attempt, took)
+            if done is not None:
+                return done
         deadline = seconds_of(job.deadline) if job.HasField("deadline") else None
         if deadline is not None and took >= deadline:
             raise DeadlineExceeded("The job's deadline passed before it could start.")
@@ -204,7 +198,10 @@ class JobRunner:
         if job.report_start:
             await self._events.started(
                 jobs_pb2.JobStarted(
-                    job_id=job.job_id, account_id=job.account_id, start_time=timestamp(took), attempt=attempt
+                    job_id=job.job_id,
+                    account_id=job.account_id,
+                    start_time=from_seconds(took),
+                    attempt=attempt,
                 )
             )
         await self._progress(job, jobs_pb2.JobProgress.STAGE_GENERATING, "generating the image")
@@ -247,9 +244,49 @@ class JobRunner:
                 storage=duration(storage_seconds),
                 total=duration(finish - submit),
             ),
-            finish_time=timestamp(finish),
+            finish_time=from_seconds(finish),
             attempt=attempt,
         )
+
+    async def _outcome_of_stored_image(
+        self, job: jobs_pb2.GenerationJob, attempt: int, took: float
+    ) -> jobs_pb2.JobOutcome | None:
+        """The success outcome of a job whose image an earlier delivery stored, None when there is none.
+
+        Stored images are served as immutable: making and storing it again would change the bytes
+        behind a URL that clients may have cached, and pay the provider twice. The deadline and a
+        cancel are not looked at: the earlier delivery was past both once it had stored the image.
+        """
+        configured = MIME_TYPES[self._options.image_format]
+        for mime_type in (configured, *(m for m in MIME_BY_EXTENSION.values() if m != configured)):
+            found = await self._store.get(image_filename(job.job_id, mime_type))
+            if found is None:
+                continue
+            log.info(
+                "job's image stored by an earlier delivery: publishing its outcome",
+                extra={"job_id": job.job_id, "model": job.model, "attempt": attempt},
+            )
+            finish = self._clock()
+            submit = seconds_of(job.submit_time) if job.HasField("submit_time") else took
+            return jobs_pb2.JobOutcome(
+                job_id=job.job_id,
+                account_id=job.account_id,
+                model=job.model,
+                notify_webhook=job.notify_webhook,
+                image=jobs_pb2.GeneratedImage(
+                    image_id=job.job_id,
+                    url=image_url(self._options.public_base_url, found.info.filename),
+                    mime_type=found.info.mime_type,
+                    # Stored images are normalised to exactly the job's size.
+                    width=job.width,
+                    height=job.height,
+                    size_bytes=found.info.size_bytes,
+                ),
+                timings=jobs_pb2.JobTimings(total=duration(finish - submit)),
+                finish_time=from_seconds(finish),
+                attempt=attempt,
+            )
+        return None
 
     def _validate(self, job: jobs_pb2.GenerationJob) -> Model:
         try:
@@ -275,6 +312,7 @@ class JobRunner:
             height=job.height,
             input_images=images,
             deadline=deadline,
+            provider_model=job.provider_model,
         )
         return await self._provider.generate(request)
 

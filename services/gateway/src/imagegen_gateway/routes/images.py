@@ -26,6 +26,13 @@ async def get_image(filename: str, request: Request) -> Response:
         found = await store.get(filename)
     except InvalidImageName:
         found = None
+    except TimeoutError:  # the store answers too slowly: say so rather than hold the request
+        return Response(
+            status_code=503,
+            content=b'{"success":false,"message":"image storage is not answering; try again"}',
+            media_type="application/json",
+            headers={"Retry-After": "5"},
+        )
     if found is None:
         return Response(
             status_code=404,

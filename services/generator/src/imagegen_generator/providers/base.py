@@ -17,6 +17,7 @@ class InputImage:
     mime_type: str
 
     def data_uri(self) -> str:
+        """Base64 of up to tens of MB: CPU work, for a worker thread rather than the event loop."""
         return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
 
 
@@ -31,6 +32,9 @@ class GenerationRequest:
     input_images: tuple[InputImage, ...] = field(default_factory=tuple)
     #: When the job must be done (seconds since the epoch); None for no deadline.
     deadline: float | None = None
+    #: The provider's model the job names (``owner/name`` or ``owner/name:version``); empty for the
+    #: catalog's. The catalog model still says how the input is built.
+    provider_model: str = ""
 
 
 @dataclass(frozen=True, slots=True)

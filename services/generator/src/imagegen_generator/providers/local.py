@@ -2,7 +2,8 @@
 
 The picture is a gradient whose colours come from a hash of the prompt, the model name and the
 prompt wrapped over it, at exactly the size asked for. In instant mode (benchmarks) it serves a
-pre-encoded gradient per size from memory, so that no drawing or encoding is on the job's path.
+pre-encoded gradient per size from memory (the most recently used sizes), so that no drawing or
+encoding is on the job's path.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import textwrap
+from collections import OrderedDict
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
@@ -17,6 +19,9 @@ from imagegen_generator.normalize import MIME_TYPES, ImageFormat, encode_image
 from imagegen_generator.providers.base import GenerationRequest, ProviderOutput
 
 Colour = tuple[int, int, int]
+
+#: Sizes whose image instant mode keeps: a benchmark uses a few; any size is allowed in a job.
+INSTANT_CACHE_SIZES = 16
 
 
 def palette(seed_text: str) -> tuple[Colour, Colour]:
@@ -64,7 +69,12 @@ class LocalProvider:
         self._format = image_format
         self._instant = instant
         self._quality = webp_quality
-        self._cache: dict[tuple[int, int], bytes] = {}
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+
+    @property
+    def cached_sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of the images instant mode keeps, least recently used first."""
+        return list(self._cache)
 
     async def generate(self, request: GenerationRequest) -> ProviderOutput:
         mime = MIME_TYPES[self._format]
@@ -74,6 +84,10 @@ class LocalProvider:
             if cached is None:
                 cached = await asyncio.to_thread(self._encoded_gradient, *key)
                 self._cache[key] = cached
+                while len(self._cache) > INSTANT_CACHE_SIZES:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
             return ProviderOutput(cached, mime)
         data = await asyncio.to_thread(self._render, request)
         return ProviderOutput(data, mime)

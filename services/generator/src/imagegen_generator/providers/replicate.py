@@ -1,18 +1,25 @@
 """Replicate, through the official ``replicate`` client.
 
 A prediction is created with ``Prefer: wait`` (held open up to the job's remaining time) and polled
-when it is still running after that. Requests are retried with exponential backoff on 429, 5xx and
-network errors, honouring ``Retry-After``: the client retries only idempotent GETs on 429/503/504
-itself, so creates (POST) and other server errors are retried here, with tenacity. A prediction is
-cancelled upstream when its job is cancelled or runs past its deadline, also when that happens while
-the create request is still in flight (the cancel is sent once its id is known). The output file is
+when it is still running after that. Polls (GET, idempotent) and the output download are retried
+with exponential backoff on 429, 5xx and network errors, honouring ``Retry-After``. A create (POST)
+is retried only when Replicate provably did not start a prediction: a 429, or a connection that was
+never made. A 5xx, a timeout or a connection lost after the request was sent may come after the
+prediction was created, and a blind retry would pay for two; those fail the delivery as
+ProviderUnavailable, and the job is tried again on a later delivery. A prediction is cancelled
+upstream when its job is cancelled or runs past its deadline, also when that happens while the
+create request is still in flight (the cancel is sent once its id is known). The output file is
 downloaded right away: Replicate's file URLs expire after an hour.
+
+The model called is the job's ``provider_model`` when it names one, otherwise the catalog's; the
+catalog model says how the input is built either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import email.utils
 import logging
@@ -94,11 +101,25 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return None
 
 
+#: Failures before any byte of the request was sent: the request never reached Replicate.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 def retry_reason(exc: BaseException) -> str | None:
-    """The metric label of a retryable failure, None for one that retrying cannot fix."""
+    """The metric label of a retryable failure of an idempotent request, None for one that retrying
+    cannot fix."""
     if isinstance(exc, RetryableStatus):
         return "rate_limited" if exc.status == 429 else "server_error"
     if isinstance(exc, httpx.TransportError):
+        return "network"
+    return None
+
+
+def create_retry_reason(exc: BaseException) -> str | None:
+    """Like retry_reason, for a create: only failures after which no prediction can exist."""
+    if isinstance(exc, RetryableStatus):
+        return "rate_limited" if exc.status == 429 else None
+    if isinstance(exc, _NOT_SENT):
         return "network"
     return None
 
@@ -175,11 +196,16 @@ class ReplicateProvider:
         )
 
     async def generate(self, request: GenerationRequest) -> ProviderOutput:
-        mapping = request.model.replicate
-        payload = build_input(request.model, request)
+        reference = request.provider_model or request.model.replicate.reference
+        try:
+            model = ModelVersionIdentifier.parse(reference)
+        except ValueError:
+            raise ProviderError("The job names no valid model of the provider.") from None
+        # Input images become base64 data URIs (up to 10 x 20 MB): off the event loop.
+        payload = await asyncio.to_thread(build_input, request.model, request)
         wait = self._wait_seconds(request)
         creating = asyncio.ensure_future(
-            self._retrying(lambda: self._create(mapping.reference, payload, wait))
+            self._retrying(lambda: self._create(model, payload, wait), create_retry_reason)
         )
         try:
             # Shielded: a cancelled job must not lose the prediction id, or it could not cancel it.
@@ -207,8 +233,8 @@ class ReplicateProvider:
         remaining = request.deadline - time.time()
         return max(1, min(self.options.wait_seconds, math.floor(remaining)))
 
-    async def _create(self, reference: str, payload: dict[str, Any], wait: int) -> Prediction:
-        owner, name, version = ModelVersionIdentifier.parse(reference)
+    async def _create(self, model: ModelVersionIdentifier, payload: dict[str, Any], wait: int) -> Prediction:
+        owner, name, version = model
         try:
             if version:
                 return await self._client.predictions.async_create(version=version, input=payload, wait=wait)
@@ -239,8 +265,7 @@ class ReplicateProvider:
 
     async def _download(self, url: str) -> tuple[bytes, str]:
         if url.startswith("data:"):
-            header, _, encoded = url.partition(",")
-            return base64.b64decode(encoded), header.removeprefix("data:").split(";")[0]
+            return await self._decode_data_uri(url)
         async with self._downloads.stream("GET", url) as response:
             if response.status_code != 200:
                 raise ProviderError(
@@ -253,8 +278,26 @@ class ReplicateProvider:
                     raise ProviderError("The model's image is larger than allowed.")
             return bytes(body), response.headers.get("content-type", "").split(";")[0]
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Runs call, retrying 429/5xx/network failures; raises ProviderUnavailable when they persist."""
+    async def _decode_data_uri(self, url: str) -> tuple[bytes, str]:
+        header, _, encoded = url.partition(",")
+        # 4 base64 characters per 3 bytes: refuse an oversized image before decoding it.
+        if len(encoded) // 4 * 3 > self.options.output_max_bytes + 3:
+            raise ProviderError("The model's image is larger than allowed.")
+        try:
+            data = await asyncio.to_thread(base64.b64decode, encoded)
+        except binascii.Error:
+            raise ProviderError("The model returned an unreadable data URI.") from None
+        if len(data) > self.options.output_max_bytes:
+            raise ProviderError("The model's image is larger than allowed.")
+        return data, header.removeprefix("data:").split(";")[0]
+
+    async def _retrying(
+        self,
+        call: Callable[[], Awaitable[T]],
+        reason_of: Callable[[BaseException], str | None] = retry_reason,
+    ) -> T:
+        """Runs call, retrying the failures ``reason_of`` names a reason for; raises
+        ProviderUnavailable when they persist or for a 429/5xx/network failure it does not retry."""
         backoff = self._backoff
 
         def wait(state: RetryCallState) -> float:
@@ -265,7 +308,7 @@ class ReplicateProvider:
 
         def count(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            reason = retry_reason(exc) if exc else None
+            reason = reason_of(exc) if exc else None
             metrics.PROVIDER_RETRIES.labels(reason=reason or "network").inc()
             log.info(
                 "retrying a Replicate request", extra={"reason": reason, "attempt": state.attempt_number}
@@ -273,7 +316,7 @@ class ReplicateProvider:
 
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda exc: retry_reason(exc) is not None),
+                retry=retry_if_exception(lambda exc: reason_of(exc) is not None),
                 stop=stop_after_attempt(self.options.max_retries + 1),
                 wait=wait,
                 before_sleep=count,
