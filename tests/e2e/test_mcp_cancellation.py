@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,15 @@ from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack, start_stack
 
-CALL = {"name": "generate_image", "arguments": {"prompt": "patience", "width": 512, "height": 512}}
+
+def tool_call(prompt: str) -> dict[str, Any]:
+    """A generate_image call; each test's own prompt tells its predictions from a previous test's
+    (a job of an earlier test may still be redelivered while the next one runs)."""
+    return {"name": "generate_image", "arguments": {"prompt": prompt, "width": 512, "height": 512}}
+
+
+def creates_of(fake: FakeReplicate, prompt: str) -> int:
+    return sum(1 for create in fake.creates if create.input.get("prompt") == prompt)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +64,7 @@ def test_a_client_that_disconnects_mid_wait_is_not_charged(
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
     }
-    params = {**CALL, "_meta": {"progressToken": "p1"}}
+    params = {**tool_call("gone"), "_meta": {"progressToken": "p1"}}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
     with (
         httpx.Client(timeout=30) as client,
@@ -84,10 +93,10 @@ async def test_notifications_cancelled_on_another_request_stops_the_call(
             client.post(
                 slow_stack.mcp_url,
                 headers=headers,
-                json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": CALL},
+                json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": tool_call("never mind")},
             )
         )
-        while not fake.creates:
+        while not creates_of(fake, "never mind"):
             await asyncio.sleep(0.05)
         notice = await client.post(
             slow_stack.mcp_url,
@@ -111,16 +120,16 @@ async def test_a_generator_killed_mid_job_leaves_it_to_another_and_it_is_paid_on
 
     async def generate() -> CallToolResult:
         async with mcp_client(slow_stack.mcp_url, account.token) as client:
-            return await client.call_tool("generate_image", CALL["arguments"])  # type: ignore[arg-type]
+            return await client.call_tool("generate_image", tool_call("rescued")["arguments"])
 
     call = asyncio.create_task(generate())
-    while not fake.creates:
+    while not creates_of(fake, "rescued"):
         await asyncio.sleep(0.05)
     slow_stack.stack.child(victim).send_signal(signal.SIGKILL)
     slow_stack.add_generator("generator-rescuer")
     result = await asyncio.wait_for(call, timeout=120)
     assert not result.is_error, result
-    assert len(fake.creates) == 2  # the job ran again on the surviving replica
+    assert creates_of(fake, "rescued") == 2  # the job ran again on the surviving replica
     assert len(entries(slow_stack, account.account_id, LedgerEntry.KIND_RESERVE)) == 1
     assert len(entries(slow_stack, account.account_id, LedgerEntry.KIND_CAPTURE)) == 1
     assert not entries(slow_stack, account.account_id, LedgerEntry.KIND_RELEASE)

@@ -1,12 +1,9 @@
 """The jobs consumer: pulls from the durable consumer ``generators`` that every replica shares, runs
 each job, publishes its outcome, then acks.
 
-Why a pull loop of our own rather than faststream's ``PullSub`` subscriber: faststream 0.7 fetches
-before a worker is free, so with ``max_workers`` a replica holds messages it is not working on while
-their ack wait runs out and they are delivered to another replica as well (ag2ai/faststream#2563),
-and on stop it drops, without a nak, the messages it already fetched. Here a replica asks for exactly
-as many jobs as it has free slots, extends the ack wait of the jobs it works on, and hands back
-(nak) whatever it does not finish when it stops.
+A replica asks for exactly as many jobs as it has free slots (``imagegen_common.jetstream.SlotPuller``,
+which says why not faststream's ``PullSub``), extends the ack wait of the jobs it works on, and hands
+back (nak) whatever it does not finish when it stops.
 
 Acks: a job is acked after its outcome is published; a retryable failure with deliveries left is
 nak'ed with a delay; a replica that dies leaves its jobs unacked, so NATS redelivers them after the
@@ -31,15 +28,13 @@ from nats.js.errors import NotFoundError
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
+from imagegen_common.jetstream import SlotPuller
 from imagegen_generator import metrics
 from imagegen_generator.errors import InternalError
 from imagegen_generator.messaging import NatsJobEvents
 from imagegen_generator.worker import Finished, JobRunner, failure_outcome
 
 log = logging.getLogger(__name__)
-
-#: Pause after a failed fetch (NATS away or reconnecting) before trying again.
-_FETCH_ERROR_PAUSE_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +73,9 @@ class JobConsumer:
         self._runner = runner
         self._events = events
         self._options = options
-        self._slots = asyncio.Semaphore(options.concurrency)
         self._running: dict[str, _Running] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._fetching = False
+        self._puller: SlotPuller | None = None
 
     async def start(self) -> None:
         """Creates (or updates) the shared consumer, binds to it and starts pulling."""
@@ -92,11 +83,14 @@ class JobConsumer:
         self._sub = await self._js.pull_subscribe_bind(
             durable=nats_names.GENERATOR_CONSUMER, stream=nats_names.JOBS_STREAM
         )
-        self._loop_task = asyncio.create_task(self._pull_loop(), name="generator-pull-loop")
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
+        self._puller = SlotPuller(
+            self._sub,
+            self._handle_delivery,
+            concurrency=self._options.concurrency,
+            fetch_timeout=self._options.fetch_timeout_seconds,
+            name="generator-pull-loop",
+        )
+        self._puller.start()
 
     def cancel(self, job_id: str) -> bool:
         """Stops the job if this replica runs it; returns whether it did."""
@@ -108,66 +102,19 @@ class JobConsumer:
 
     async def stop(self, drain_timeout: float) -> None:
         """Stops pulling, lets jobs in flight finish for up to drain_timeout, then hands back the rest."""
-        self._stopping.set()
-        if self._loop_task is not None:
-            if not self._fetching:
-                self._loop_task.cancel()  # waiting for a free slot: nothing fetched to lose
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("the pull loop had stopped on an error")
-        if self._tasks:
-            log.info(
-                "draining jobs in flight", extra={"jobs": len(self._tasks), "timeout_seconds": drain_timeout}
-            )
-            _, unfinished = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
-            for task in unfinished:
-                task.cancel()  # the handler naks its job: another replica takes it
-            if unfinished:
-                log.warning("handing back unfinished jobs", extra={"jobs": len(unfinished)})
-                await asyncio.wait(unfinished)
+        if self._puller is not None:
+            if self._puller.in_flight:
+                log.info(
+                    "draining jobs in flight",
+                    extra={"jobs": self._puller.in_flight, "timeout_seconds": drain_timeout},
+                )
+            handed_back = await self._puller.stop(drain_timeout)  # a cancelled handler naks its job
+            if handed_back:
+                log.warning("handed back unfinished jobs", extra={"jobs": handed_back})
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-
-    async def _pull_loop(self) -> None:
-        assert self._sub is not None
-        while not self._stopping.is_set():
-            await self._slots.acquire()
-            wanted = 1
-            while not self._slots.locked() and wanted < self._options.concurrency:
-                await self._slots.acquire()  # free right now: does not wait
-                wanted += 1
-            messages: list[Msg] = []
-            self._fetching = True
-            try:
-                messages = await self._sub.fetch(batch=wanted, timeout=self._options.fetch_timeout_seconds)
-            except TimeoutError:  # nothing to do (nats-py raises its own subclass or asyncio's)
-                pass
-            except Exception as exc:  # NATS away or reconnecting: the loop must outlive it
-                log.warning("fetching jobs failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(_FETCH_ERROR_PAUSE_SECONDS)
-            finally:
-                self._fetching = False
-            for _ in range(wanted - len(messages)):
-                self._slots.release()
-            for msg in messages:
-                if self._stopping.is_set():
-                    await _hand_back(msg)
-                    self._slots.release()
-                    continue
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self._handle_delivery(msg)
-        finally:
-            self._slots.release()
 
     async def _handle_delivery(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1

@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from imagegen.billing.v1 import resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names, timestamps
-from imagegen_common.jetstream import ensure_stream
+from imagegen_common.jetstream import SlotPuller, ensure_stream
 from imagegen_gateway.api.views import image
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.errors import GatewayError
@@ -46,7 +46,6 @@ INTERNAL_RETRY_MAX_SECONDS = 300.0
 #: Deliveries a message may have beyond its attempts, for the failures on our side.
 SPARE_DELIVERIES = 20
 _FETCH_TIMEOUT_SECONDS = 1.0
-_FETCH_ERROR_PAUSE_SECONDS = 0.5
 
 
 def retry_delay(attempt: int, delays: Sequence[float]) -> float | None:
@@ -92,10 +91,8 @@ class WebhookDispatcher:
         self._concurrency = concurrency
         self._replicas = stream_replicas
         self._ack_wait = sender.timeout_seconds + 30.0
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._loop: asyncio.Task[None] | None = None
+        self._puller: SlotPuller | None = None
 
     async def start(self) -> None:
         """Creates (or updates) the consumer and starts pulling; returns at once."""
@@ -106,49 +103,23 @@ class WebhookDispatcher:
         self._sub = await self._js.pull_subscribe_bind(
             durable=nats_names.WEBHOOKS_CONSUMER, stream=nats_names.EVENTS_STREAM
         )
-        self._loop = asyncio.create_task(self._pull_loop(), name="webhook-dispatcher")
+        self._puller = SlotPuller(
+            self._sub,
+            self._handle,
+            concurrency=self._concurrency,
+            fetch_timeout=_FETCH_TIMEOUT_SECONDS,
+            name="webhook-dispatcher",
+        )
+        self._puller.start()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stops pulling; deliveries in flight get ``grace_seconds``, the rest are handed back."""
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self._tasks:
-            _, unfinished = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                await asyncio.wait(unfinished)
+        if self._puller is not None:
+            await self._puller.stop(grace_seconds)
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
-
-    async def _pull_loop(self) -> None:
-        assert self._sub is not None
-        while True:
-            await self._slots.acquire()
-            wanted = 1
-            while not self._slots.locked() and wanted < self._concurrency:
-                await self._slots.acquire()  # free right now: does not wait
-                wanted += 1
-            messages: list[Msg] = []
-            try:
-                messages = await self._sub.fetch(batch=wanted, timeout=_FETCH_TIMEOUT_SECONDS)
-            except TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS away or reconnecting: the loop must outlive it
-                log.warning("fetching outcomes for webhooks failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(_FETCH_ERROR_PAUSE_SECONDS)
-            for _ in range(wanted - len(messages)):
-                self._slots.release()
-            for msg in messages:
-                task = asyncio.create_task(self._handle(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -163,8 +134,6 @@ class WebhookDispatcher:
             log.log(level, "webhook handling failed; retrying", exc_info=not isinstance(exc, GatewayError))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
-        finally:
-            self._slots.release()
 
     async def _handle_outcome(self, msg: Msg) -> None:
         try:
