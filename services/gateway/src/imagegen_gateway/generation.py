@@ -51,6 +51,7 @@ STAGE_NAMES = {
     jobs_pb2.JobProgress.STAGE_STORING: "storing",
 }
 NOT_CHARGED = "No credits were charged."
+DEADLINE_EXCEEDED = error_code_name(jobs_pb2.ERROR_CODE_DEADLINE_EXCEEDED)
 #: The longest prompt either front end takes (and the hosted API documents).
 MAX_PROMPT_CHARS = 1024
 
@@ -272,10 +273,7 @@ class Generations:
             except GenerationTimeoutError:
                 made_anyway = await self._abandon(job_id, "timeout") if submission.owned else None
                 if made_anyway is None:
-                    raise GenerationTimeoutError(
-                        f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds "
-                        f"and was cancelled. {NOT_CHARGED}"
-                    ) from None
+                    raise self._timed_out() from None
                 result = made_anyway
             except BaseException:  # the client went away (cancellation) or we failed: free the credits
                 if submission.owned:
@@ -286,7 +284,15 @@ class Generations:
         await self._in_background(
             self.billing.release(submission.job_id, f"failed: {result.error_code}", result)
         )
+        if result.error_code == DEADLINE_EXCEEDED:  # the generator saw the deadline pass before we did
+            raise self._timed_out()
         raise failure_of(result, "the image could not be generated.")
+
+    def _timed_out(self) -> GenerationTimeoutError:
+        return GenerationTimeoutError(
+            f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds "
+            f"and was cancelled. {NOT_CHARGED}"
+        )
 
     async def _in_background(self, settle: Coroutine[Any, Any, object]) -> None:
         """Runs a settlement to its end even when the caller is cancelled meanwhile (a client that
