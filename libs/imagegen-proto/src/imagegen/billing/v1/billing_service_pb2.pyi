@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from imagegen.billing.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,99 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SettleOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SettleOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SettleOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SETTLE_OUTCOME_UNSPECIFIED: _SettleOutcome.ValueType  # 0
+    SETTLE_OUTCOME_CAPTURED: _SettleOutcome.ValueType  # 1
+    """The reservation was held and is now captured."""
+    SETTLE_OUTCOME_RELEASED: _SettleOutcome.ValueType  # 2
+    """The reservation was held and is now released."""
+    SETTLE_OUTCOME_DUPLICATE: _SettleOutcome.ValueType  # 3
+    """It was already settled the same way (a repeat)."""
+    SETTLE_OUTCOME_CONFLICT: _SettleOutcome.ValueType  # 4
+    """It was already settled the other way (released before the image came, say); nothing changed."""
+
+class SettleOutcome(_SettleOutcome, metaclass=_SettleOutcomeEnumTypeWrapper):
+    """What a SettleJob call did."""
+
+SETTLE_OUTCOME_UNSPECIFIED: SettleOutcome.ValueType  # 0
+SETTLE_OUTCOME_CAPTURED: SettleOutcome.ValueType  # 1
+"""The reservation was held and is now captured."""
+SETTLE_OUTCOME_RELEASED: SettleOutcome.ValueType  # 2
+"""The reservation was held and is now released."""
+SETTLE_OUTCOME_DUPLICATE: SettleOutcome.ValueType  # 3
+"""It was already settled the same way (a repeat)."""
+SETTLE_OUTCOME_CONFLICT: SettleOutcome.ValueType  # 4
+"""It was already settled the other way (released before the image came, say); nothing changed."""
+Global___SettleOutcome: _TypeAlias = SettleOutcome  # noqa: Y015
+
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    ERROR_REASON_INVALID_TOKEN: _ErrorReason.ValueType  # 1
+    """UNAUTHENTICATED: the API token is unknown or revoked."""
+    ERROR_REASON_INSUFFICIENT_CREDITS: _ErrorReason.ValueType  # 2
+    """FAILED_PRECONDITION: the account cannot afford the reservations.
+    Metadata: "required_credits", "available_credits" (decimal integers).
+    """
+    ERROR_REASON_ALREADY_SETTLED: _ErrorReason.ValueType  # 3
+    """FAILED_PRECONDITION: the reservation was already settled the other way. Metadata: "state"."""
+    ERROR_REASON_JOB_ID_REUSED: _ErrorReason.ValueType  # 4
+    """FAILED_PRECONDITION: a job id already has a reservation with another account or amount."""
+    ERROR_REASON_ACCOUNT_NOT_FOUND: _ErrorReason.ValueType  # 5
+    """NOT_FOUND: no such account."""
+    ERROR_REASON_RESERVATION_NOT_FOUND: _ErrorReason.ValueType  # 6
+    """NOT_FOUND: no reservation for the job id."""
+    ERROR_REASON_MODEL_NOT_FOUND: _ErrorReason.ValueType  # 7
+    """NOT_FOUND: no such model in the catalog."""
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 8
+    """INVALID_ARGUMENT: the request is malformed; a google.rpc.BadRequest names the fields."""
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 9
+    """ALREADY_EXISTS: the thing to create exists already (an account's email)."""
+    ERROR_REASON_TOKEN_NOT_FOUND: _ErrorReason.ValueType  # 10
+    """NOT_FOUND: no such API token."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """The `domain` of every google.rpc.ErrorInfo billing sends.
+    (A constant in words: protobuf has no string constants.) "billing.imagegen"
+
+    The `reason` of a google.rpc.ErrorInfo from billing, by name ("INSUFFICIENT_CREDITS"; the enum's
+    prefix is dropped). Metadata keys are listed with each reason.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 1
+"""UNAUTHENTICATED: the API token is unknown or revoked."""
+ERROR_REASON_INSUFFICIENT_CREDITS: ErrorReason.ValueType  # 2
+"""FAILED_PRECONDITION: the account cannot afford the reservations.
+Metadata: "required_credits", "available_credits" (decimal integers).
+"""
+ERROR_REASON_ALREADY_SETTLED: ErrorReason.ValueType  # 3
+"""FAILED_PRECONDITION: the reservation was already settled the other way. Metadata: "state"."""
+ERROR_REASON_JOB_ID_REUSED: ErrorReason.ValueType  # 4
+"""FAILED_PRECONDITION: a job id already has a reservation with another account or amount."""
+ERROR_REASON_ACCOUNT_NOT_FOUND: ErrorReason.ValueType  # 5
+"""NOT_FOUND: no such account."""
+ERROR_REASON_RESERVATION_NOT_FOUND: ErrorReason.ValueType  # 6
+"""NOT_FOUND: no reservation for the job id."""
+ERROR_REASON_MODEL_NOT_FOUND: ErrorReason.ValueType  # 7
+"""NOT_FOUND: no such model in the catalog."""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 8
+"""INVALID_ARGUMENT: the request is malformed; a google.rpc.BadRequest names the fields."""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 9
+"""ALREADY_EXISTS: the thing to create exists already (an account's email)."""
+ERROR_REASON_TOKEN_NOT_FOUND: ErrorReason.ValueType  # 10
+"""NOT_FOUND: no such API token."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
 class AuthenticateRequest(_message.Message):
@@ -323,9 +417,13 @@ class ReleaseRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
-    reason: _builtins.str
+    reason: _resources_pb2.ReleaseReason.ValueType
+    """Why the credits are given back (not RELEASE_REASON_FAILED: a failed job is settled by SettleJob)."""
+    detail: _builtins.str
+    """Free text for people and logs; never parsed."""
     @_builtins.property
     def result(self) -> _resources_pb2.JobResult:
         """Why the job failed, kept with the reservation."""
@@ -334,12 +432,13 @@ class ReleaseRequest(_message.Message):
         self,
         *,
         job_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
+        reason: _resources_pb2.ReleaseReason.ValueType = ...,
+        detail: _builtins.str = ...,
         result: _resources_pb2.JobResult | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "job_id", b"job_id", "reason", b"reason", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,6 +466,60 @@ class ReleaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseResponse: _TypeAlias = ReleaseResponse  # noqa: Y015
+
+@_typing.final
+class SettleJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def result(self) -> _resources_pb2.JobResult:
+        """What the job produced: an image (image_url set) or a failure (error set)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        result: _resources_pb2.JobResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleJobRequest: _TypeAlias = SettleJobRequest  # noqa: Y015
+
+@_typing.final
+class SettleJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    credits: _builtins.int
+    """The account's credits after the call."""
+    outcome: Global___SettleOutcome.ValueType
+    @_builtins.property
+    def reservation(self) -> _resources_pb2.Reservation:
+        """The reservation as it stands after the call."""
+
+    def __init__(
+        self,
+        *,
+        reservation: _resources_pb2.Reservation | None = ...,
+        credits: _builtins.int = ...,
+        outcome: Global___SettleOutcome.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "outcome", b"outcome", "reservation", b"reservation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleJobResponse: _TypeAlias = SettleJobResponse  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):

@@ -28,9 +28,12 @@ if _version_not_supported:
 class BillingServiceStub:
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     def __init__(self, channel):
@@ -74,6 +77,11 @@ class BillingServiceStub:
                 request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.SettleJob = channel.unary_unary(
+                '/imagegen.billing.v1.BillingService/SettleJob',
+                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobRequest.SerializeToString,
+                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobResponse.FromString,
+                _registered_method=True)
         self.GetAccount = channel.unary_unary(
                 '/imagegen.billing.v1.BillingService/GetAccount',
                 request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetAccountRequest.SerializeToString,
@@ -109,9 +117,12 @@ class BillingServiceStub:
 class BillingServiceServicer:
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     def Authenticate(self, request, context):
@@ -158,6 +169,15 @@ class BillingServiceServicer:
 
     def Release(self, request, context):
         """Returns a held reservation's credits. Idempotent on job_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleJob(self, request, context):
+        """Settles a job from what happened to it: billing decides what that means for the credits (an
+        image captures the reservation, a failure releases it). The one way every caller (settlement
+        consumer, gateway, webhook dispatcher) settles an outcome. Idempotent on job_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +264,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseRequest.FromString,
                     response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseResponse.SerializeToString,
             ),
+            'SettleJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleJob,
+                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobRequest.FromString,
+                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobResponse.SerializeToString,
+            ),
             'GetAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAccount,
                     request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.GetAccountRequest.FromString,
@@ -285,9 +310,12 @@ def add_BillingServiceServicer_to_server(servicer, server):
 class BillingService:
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     @staticmethod
@@ -469,6 +497,33 @@ class BillingService:
             '/imagegen.billing.v1.BillingService/Release',
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseRequest.SerializeToString,
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.billing.v1.BillingService/SettleJob',
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobRequest.SerializeToString,
+            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.SettleJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,9 +29,12 @@ GRPC_VERSION: str
 class BillingServiceStub:
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     @_typing.overload
@@ -52,6 +55,11 @@ class BillingServiceStub:
     """Settles a held reservation as spent. Idempotent on job_id."""
     Release: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ReleaseRequest, _billing_service_pb2.ReleaseResponse]
     """Returns a held reservation's credits. Idempotent on job_id."""
+    SettleJob: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.SettleJobRequest, _billing_service_pb2.SettleJobResponse]
+    """Settles a job from what happened to it: billing decides what that means for the credits (an
+    image captures the reservation, a failure releases it). The one way every caller (settlement
+    consumer, gateway, webhook dispatcher) settles an outcome. Idempotent on job_id.
+    """
     GetAccount: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetAccountRequest, _billing_service_pb2.GetAccountResponse]
     """An account with its balance."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]
@@ -71,9 +79,12 @@ class BillingServiceStub:
 class BillingServiceAsyncStub(BillingServiceStub):
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -91,6 +102,11 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Settles a held reservation as spent. Idempotent on job_id."""
     Release: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ReleaseRequest, _billing_service_pb2.ReleaseResponse]  # type: ignore[assignment]
     """Returns a held reservation's credits. Idempotent on job_id."""
+    SettleJob: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.SettleJobRequest, _billing_service_pb2.SettleJobResponse]  # type: ignore[assignment]
+    """Settles a job from what happened to it: billing decides what that means for the credits (an
+    image captures the reservation, a failure releases it). The one way every caller (settlement
+    consumer, gateway, webhook dispatcher) settles an outcome. Idempotent on job_id.
+    """
     GetAccount: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetAccountRequest, _billing_service_pb2.GetAccountResponse]  # type: ignore[assignment]
     """An account with its balance."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]  # type: ignore[assignment]
@@ -109,9 +125,12 @@ class BillingServiceAsyncStub(BillingServiceStub):
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Called by the gateway: who is calling, what an image costs, and holding credits for a job.
 
-    Errors: UNAUTHENTICATED (unknown or revoked token), NOT_FOUND (unknown account, model or job),
-    INVALID_ARGUMENT (size out of range, non-positive amount), FAILED_PRECONDITION ("insufficient
-    credits: need N, have M"; settling a reservation that was already settled the other way).
+    Errors follow Google's rich error model (google.rpc.Status in the `grpc-status-details-bin`
+    trailer, read with grpcio-status): every refusal carries a google.rpc.ErrorInfo whose `reason` is
+    the name of an ErrorReason value and whose `domain` is ERROR_DOMAIN, so that a client switches on
+    the reason, never on the status code or the message. Invalid fields also carry a
+    google.rpc.BadRequest with one field violation each. The status codes stay conventional:
+    UNAUTHENTICATED, NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, ALREADY_EXISTS.
     """
 
     @_abc_1.abstractmethod
@@ -169,6 +188,17 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ReleaseResponse, _abc.Awaitable[_billing_service_pb2.ReleaseResponse]]:
         """Returns a held reservation's credits. Idempotent on job_id."""
+
+    @_abc_1.abstractmethod
+    def SettleJob(
+        self,
+        request: _billing_service_pb2.SettleJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.SettleJobResponse, _abc.Awaitable[_billing_service_pb2.SettleJobResponse]]:
+        """Settles a job from what happened to it: billing decides what that means for the credits (an
+        image captures the reservation, a failure releases it). The one way every caller (settlement
+        consumer, gateway, webhook dispatcher) settles an outcome. Idempotent on job_id.
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(

@@ -23,43 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from imagegen.jobs.v1 import jobs_pb2 as imagegen_dot_jobs_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagegen/billing/v1/resources.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\x03\x12\x18\n\x10reserved_credits\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdf\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\nDimensions\x12\x11\n\tmin_width\x18\x01 \x01(\x05\x12\x11\n\tmax_width\x18\x02 \x01(\x05\x12\x12\n\nmin_height\x18\x03 \x01(\x05\x12\x12\n\nmax_height\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x05\"X\n\tPriceRule\x12\x1d\n\x15\x63redits_per_megapixel\x18\x01 \x01(\x03\x12\x17\n\x0fminimum_credits\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x99\x03\n\x05Model\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x18\n\x10provider_version\x18\x06 \x01(\t\x12\x16\n\x0equality_rating\x18\x07 \x01(\x05\x12\x16\n\x0epricing_rating\x18\x08 \x01(\x05\x12\x1e\n\x16supports_text_to_image\x18\t \x01(\x08\x12\x1f\n\x17supports_image_to_image\x18\n \x01(\x08\x12\x33\n\ndimensions\x18\x0b \x01(\x0b\x32\x1f.imagegen.billing.v1.Dimensions\x12\x32\n\nprice_rule\x18\x0c \x01(\x0b\x32\x1e.imagegen.billing.v1.PriceRule\x12\x14\n\x0c\x64\x65\x66\x61ult_cost\x18\r \x01(\x03\x12\x12\n\nis_default\x18\x0e \x01(\x08\x12\x18\n\x10max_input_images\x18\x0f \x01(\x05\"l\n\nJobDetails\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x1b\n\x13request_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\"\xac\x01\n\tJobResult\x12\x11\n\timage_url\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x04\n\x0bReservation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.imagegen.billing.v1.Reservation.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bsettle_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x08 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\x12\x16\n\x0erelease_reason\x18\t \x01(\t\x12.\n\x06result\x18\n \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07webhook\x18\x0c \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_HELD\x10\x01\x12\x12\n\x0eSTATE_CAPTURED\x10\x02\x12\x12\n\x0eSTATE_RELEASED\x10\x03\"\xaf\x02\n\x0fWebhookDelivery\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x39\n\x05state\x18\x02 \x01(\x0e\x32*.imagegen.billing.v1.WebhookDelivery.State\x12\x15\n\rattempt_count\x18\x03 \x01(\x05\x12\x18\n\x10last_status_code\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11last_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\x87\x01\n\x0eWebhookAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x30\n\x0c\x61ttempt_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0fWebhookSettings\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nhas_secret\x18\x03 \x01(\x08\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x02\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x33\n\x04kind\x18\x03 \x01(\x0e\x32%.imagegen.billing.v1.LedgerEntry.Kind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_GRANT\x10\x01\x12\x10\n\x0cKIND_RESERVE\x10\x02\x12\x10\n\x0cKIND_CAPTURE\x10\x03\x12\x10\n\x0cKIND_RELEASE\x10\x04\x12\x0e\n\nKIND_DEBIT\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#imagegen/billing/v1/resources.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bimagegen/jobs/v1/jobs.proto\"\x80\x01\n\x07\x41\x63\x63ount\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\x03\x12\x18\n\x10reserved_credits\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdf\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_used_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\nDimensions\x12\x11\n\tmin_width\x18\x01 \x01(\x05\x12\x11\n\tmax_width\x18\x02 \x01(\x05\x12\x12\n\nmin_height\x18\x03 \x01(\x05\x12\x12\n\nmax_height\x18\x04 \x01(\x05\x12\x0c\n\x04step\x18\x05 \x01(\x05\"X\n\tPriceRule\x12\x1d\n\x15\x63redits_per_megapixel\x18\x01 \x01(\x03\x12\x17\n\x0fminimum_credits\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x99\x03\n\x05Model\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x16\n\x0eprovider_model\x18\x05 \x01(\t\x12\x18\n\x10provider_version\x18\x06 \x01(\t\x12\x16\n\x0equality_rating\x18\x07 \x01(\x05\x12\x16\n\x0epricing_rating\x18\x08 \x01(\x05\x12\x1e\n\x16supports_text_to_image\x18\t \x01(\x08\x12\x1f\n\x17supports_image_to_image\x18\n \x01(\x08\x12\x33\n\ndimensions\x18\x0b \x01(\x0b\x32\x1f.imagegen.billing.v1.Dimensions\x12\x32\n\nprice_rule\x18\x0c \x01(\x0b\x32\x1e.imagegen.billing.v1.PriceRule\x12\x14\n\x0c\x64\x65\x66\x61ult_cost\x18\r \x01(\x03\x12\x12\n\nis_default\x18\x0e \x01(\x08\x12\x18\n\x10max_input_images\x18\x0f \x01(\x05\"l\n\nJobDetails\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x1b\n\x13request_fingerprint\x18\x04 \x01(\t\x12\x13\n\x0bwebhook_url\x18\x05 \x01(\t\"\xd6\x01\n\tJobResult\x12\x11\n\timage_url\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12*\n\x05\x65rror\x18\x08 \x01(\x0e\x32\x1b.imagegen.jobs.v1.ErrorCode\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12/\n\x0b\x66inish_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x05\x10\x06R\nerror_code\"\x86\x05\n\x0bReservation\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.imagegen.billing.v1.Reservation.State\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bsettle_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x08 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\x12:\n\x0erelease_reason\x18\r \x01(\x0e\x32\".imagegen.billing.v1.ReleaseReason\x12\x16\n\x0erelease_detail\x18\x0e \x01(\t\x12.\n\x06result\x18\n \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07webhook\x18\x0c \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\"V\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nSTATE_HELD\x10\x01\x12\x12\n\x0eSTATE_CAPTURED\x10\x02\x12\x12\n\x0eSTATE_RELEASED\x10\x03J\x04\x08\t\x10\n\"\xaf\x02\n\x0fWebhookDelivery\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x39\n\x05state\x18\x02 \x01(\x0e\x32*.imagegen.billing.v1.WebhookDelivery.State\x12\x15\n\rattempt_count\x18\x03 \x01(\x05\x12\x18\n\x10last_status_code\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x35\n\x11last_attempt_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x13\n\x0fSTATE_DELIVERED\x10\x02\x12\x10\n\x0cSTATE_FAILED\x10\x03\"\x87\x01\n\x0eWebhookAttempt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x30\n\x0c\x61ttempt_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x0fWebhookSettings\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nhas_secret\x18\x03 \x01(\x08\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x02\n\x0bLedgerEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x33\n\x04kind\x18\x03 \x01(\x0e\x32%.imagegen.billing.v1.LedgerEntry.Kind\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x15\n\rbalance_after\x18\x05 \x01(\x03\x12\x0e\n\x06job_id\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_GRANT\x10\x01\x12\x10\n\x0cKIND_RESERVE\x10\x02\x12\x10\n\x0cKIND_CAPTURE\x10\x03\x12\x10\n\x0cKIND_RELEASE\x10\x04\x12\x0e\n\nKIND_DEBIT\x10\x05*\xdc\x01\n\rReleaseReason\x12\x1e\n\x1aRELEASE_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15RELEASE_REASON_FAILED\x10\x01\x12\x1c\n\x18RELEASE_REASON_CANCELLED\x10\x02\x12\x1a\n\x16RELEASE_REASON_TIMEOUT\x10\x03\x12\x1a\n\x16RELEASE_REASON_EXPIRED\x10\x04\x12\x1d\n\x19RELEASE_REASON_NOT_QUEUED\x10\x05\x12\x1b\n\x17RELEASE_REASON_OPERATOR\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegen.billing.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNT']._serialized_start=94
-  _globals['_ACCOUNT']._serialized_end=222
-  _globals['_APITOKEN']._serialized_start=225
-  _globals['_APITOKEN']._serialized_end=448
-  _globals['_DIMENSIONS']._serialized_start=450
-  _globals['_DIMENSIONS']._serialized_end=554
-  _globals['_PRICERULE']._serialized_start=556
-  _globals['_PRICERULE']._serialized_end=644
-  _globals['_MODEL']._serialized_start=647
-  _globals['_MODEL']._serialized_end=1056
-  _globals['_JOBDETAILS']._serialized_start=1058
-  _globals['_JOBDETAILS']._serialized_end=1166
-  _globals['_JOBRESULT']._serialized_start=1169
-  _globals['_JOBRESULT']._serialized_end=1341
-  _globals['_RESERVATION']._serialized_start=1344
-  _globals['_RESERVATION']._serialized_end=1924
-  _globals['_RESERVATION_STATE']._serialized_start=1838
-  _globals['_RESERVATION_STATE']._serialized_end=1924
-  _globals['_WEBHOOKDELIVERY']._serialized_start=1927
-  _globals['_WEBHOOKDELIVERY']._serialized_end=2230
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=2142
-  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=2230
-  _globals['_WEBHOOKATTEMPT']._serialized_start=2233
-  _globals['_WEBHOOKATTEMPT']._serialized_end=2368
-  _globals['_WEBHOOKSETTINGS']._serialized_start=2370
-  _globals['_WEBHOOKSETTINGS']._serialized_end=2489
-  _globals['_LEDGERENTRY']._serialized_start=2492
-  _globals['_LEDGERENTRY']._serialized_end=2824
-  _globals['_LEDGERENTRY_KIND']._serialized_start=2710
-  _globals['_LEDGERENTRY_KIND']._serialized_end=2824
+  _globals['_RELEASEREASON']._serialized_start=2964
+  _globals['_RELEASEREASON']._serialized_end=3184
+  _globals['_ACCOUNT']._serialized_start=123
+  _globals['_ACCOUNT']._serialized_end=251
+  _globals['_APITOKEN']._serialized_start=254
+  _globals['_APITOKEN']._serialized_end=477
+  _globals['_DIMENSIONS']._serialized_start=479
+  _globals['_DIMENSIONS']._serialized_end=583
+  _globals['_PRICERULE']._serialized_start=585
+  _globals['_PRICERULE']._serialized_end=673
+  _globals['_MODEL']._serialized_start=676
+  _globals['_MODEL']._serialized_end=1085
+  _globals['_JOBDETAILS']._serialized_start=1087
+  _globals['_JOBDETAILS']._serialized_end=1195
+  _globals['_JOBRESULT']._serialized_start=1198
+  _globals['_JOBRESULT']._serialized_end=1412
+  _globals['_RESERVATION']._serialized_start=1415
+  _globals['_RESERVATION']._serialized_end=2061
+  _globals['_RESERVATION_STATE']._serialized_start=1969
+  _globals['_RESERVATION_STATE']._serialized_end=2055
+  _globals['_WEBHOOKDELIVERY']._serialized_start=2064
+  _globals['_WEBHOOKDELIVERY']._serialized_end=2367
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_start=2279
+  _globals['_WEBHOOKDELIVERY_STATE']._serialized_end=2367
+  _globals['_WEBHOOKATTEMPT']._serialized_start=2370
+  _globals['_WEBHOOKATTEMPT']._serialized_end=2505
+  _globals['_WEBHOOKSETTINGS']._serialized_start=2507
+  _globals['_WEBHOOKSETTINGS']._serialized_end=2626
+  _globals['_LEDGERENTRY']._serialized_start=2629
+  _globals['_LEDGERENTRY']._serialized_end=2961
+  _globals['_LEDGERENTRY_KIND']._serialized_start=2847
+  _globals['_LEDGERENTRY_KIND']._serialized_end=2961
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from imagegen.jobs.v1 import jobs_pb2 as _jobs_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +18,44 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReleaseReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_REASON_UNSPECIFIED: _ReleaseReason.ValueType  # 0
+    RELEASE_REASON_FAILED: _ReleaseReason.ValueType  # 1
+    """The job ran and failed; the reservation's result says how (its `error`)."""
+    RELEASE_REASON_CANCELLED: _ReleaseReason.ValueType  # 2
+    """The submitter gave up on the job (the client went away or cancelled it)."""
+    RELEASE_REASON_TIMEOUT: _ReleaseReason.ValueType  # 3
+    """The submitter stopped waiting at the job's deadline."""
+    RELEASE_REASON_EXPIRED: _ReleaseReason.ValueType  # 4
+    """Nobody settled the reservation by its expire_time; billing's reaper released it."""
+    RELEASE_REASON_NOT_QUEUED: _ReleaseReason.ValueType  # 5
+    """The job could not be queued (the job queue was unavailable); it never ran."""
+    RELEASE_REASON_OPERATOR: _ReleaseReason.ValueType  # 6
+    """An operator released it."""
+
+class ReleaseReason(_ReleaseReason, metaclass=_ReleaseReasonEnumTypeWrapper):
+    """Why a reservation's credits were given back."""
+
+RELEASE_REASON_UNSPECIFIED: ReleaseReason.ValueType  # 0
+RELEASE_REASON_FAILED: ReleaseReason.ValueType  # 1
+"""The job ran and failed; the reservation's result says how (its `error`)."""
+RELEASE_REASON_CANCELLED: ReleaseReason.ValueType  # 2
+"""The submitter gave up on the job (the client went away or cancelled it)."""
+RELEASE_REASON_TIMEOUT: ReleaseReason.ValueType  # 3
+"""The submitter stopped waiting at the job's deadline."""
+RELEASE_REASON_EXPIRED: ReleaseReason.ValueType  # 4
+"""Nobody settled the reservation by its expire_time; billing's reaper released it."""
+RELEASE_REASON_NOT_QUEUED: ReleaseReason.ValueType  # 5
+"""The job could not be queued (the job queue was unavailable); it never ran."""
+RELEASE_REASON_OPERATOR: ReleaseReason.ValueType  # 6
+"""An operator released it."""
+Global___ReleaseReason: _TypeAlias = ReleaseReason  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -288,7 +327,7 @@ class JobResult(_message.Message):
     MIME_TYPE_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
-    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     image_url: _builtins.str
@@ -296,8 +335,8 @@ class JobResult(_message.Message):
     mime_type: _builtins.str
     width: _builtins.int
     height: _builtins.int
-    error_code: _builtins.str
-    """Set when the job failed: a stable code ("content_rejected", "timeout", ...) and a sentence for people."""
+    error: _jobs_pb2.ErrorCode.ValueType
+    """Set when the job failed: why (a stable code clients may branch on) and a sentence for people."""
     error_message: _builtins.str
     @_builtins.property
     def finish_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -308,13 +347,13 @@ class JobResult(_message.Message):
         mime_type: _builtins.str = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
-        error_code: _builtins.str = ...,
+        error: _jobs_pb2.ErrorCode.ValueType = ...,
         error_message: _builtins.str = ...,
         finish_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finish_time", b"finish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "finish_time", b"finish_time", "height", b"height", "image_url", b"image_url", "mime_type", b"mime_type", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "error_message", b"error_message", "finish_time", b"finish_time", "height", b"height", "image_url", b"image_url", "mime_type", b"mime_type", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,6 +391,7 @@ class Reservation(_message.Message):
     SETTLE_TIME_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    RELEASE_DETAIL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     WEBHOOK_FIELD_NUMBER: _builtins.int
@@ -359,8 +399,10 @@ class Reservation(_message.Message):
     account_id: _builtins.str
     amount: _builtins.int
     state: Global___Reservation.State.ValueType
-    release_reason: _builtins.str
-    """Why it was released ("job failed: ...", "expired", "cancelled")."""
+    release_reason: Global___ReleaseReason.ValueType
+    """Why it was released; unset unless the state is RELEASED."""
+    release_detail: _builtins.str
+    """Free text beside the reason, for people and logs (never parsed); may be empty."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -396,14 +438,15 @@ class Reservation(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         settle_time: _timestamp_pb2.Timestamp | None = ...,
         details: Global___JobDetails | None = ...,
-        release_reason: _builtins.str = ...,
+        release_reason: Global___ReleaseReason.ValueType = ...,
+        release_detail: _builtins.str = ...,
         result: Global___JobResult | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         webhook: Global___WebhookDelivery | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_reason", b"release_reason", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "create_time", b"create_time", "details", b"details", "expire_time", b"expire_time", "job_id", b"job_id", "release_detail", b"release_detail", "release_reason", b"release_reason", "result", b"result", "settle_time", b"settle_time", "start_time", b"start_time", "state", b"state", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
