@@ -13,8 +13,10 @@ from imagegen_billing.domain import (
     ApiToken,
     EntryKind,
     JobDetails,
+    JobError,
     JobResult,
     LedgerEntry,
+    ReleaseReason,
     Reservation,
     ReservationState,
     WebhookAttempt,
@@ -75,6 +77,8 @@ def to_token(row: AnyRow) -> ApiToken:
 
 
 def to_reservation(row: AnyRow) -> Reservation:
+    """The reservation of a row; its result and webhook delivery are read by their own functions,
+    the same ones every reader of a reservation row uses."""
     return Reservation(
         job_id=row.job_id,
         account_id=row.account_id,
@@ -90,18 +94,24 @@ def to_reservation(row: AnyRow) -> Reservation:
             request_fingerprint=row.request_fingerprint,
             webhook_url=row.webhook_url,
         ),
-        release_reason=row.release_reason,
-        result=JobResult(
-            image_url=row.result_image_url,
-            mime_type=row.result_mime_type,
-            width=row.result_width,
-            height=row.result_height,
-            error_code=row.result_error_code,
-            error_message=row.result_error_message,
-            finish_time=row.result_finish_time,
-        ),
+        release_reason=ReleaseReason(row.release_reason) if row.release_reason else None,
+        release_detail=row.release_detail,
+        result=to_result(row),
         start_time=row.start_time,
         webhook=to_webhook_delivery(row),
+    )
+
+
+def to_result(row: AnyRow) -> JobResult:
+    """The JobResult of a reservation row (the inverse of ``result_values``)."""
+    return JobResult(
+        image_url=row.result_image_url,
+        mime_type=row.result_mime_type,
+        width=row.result_width,
+        height=row.result_height,
+        error=JobError(row.result_error_code) if row.result_error_code else None,
+        error_message=row.result_error_message,
+        finish_time=row.result_finish_time,
     )
 
 
@@ -144,6 +154,7 @@ def to_entry(row: AnyRow) -> LedgerEntry:
 
 
 def reservation_values(reservation: Reservation) -> dict[str, Any]:
+    """The row of a reservation (the inverse of ``to_reservation``)."""
     return {
         "job_id": reservation.job_id,
         "account_id": reservation.account_id,
@@ -156,7 +167,8 @@ def reservation_values(reservation: Reservation) -> dict[str, Any]:
         "width": reservation.details.width,
         "height": reservation.details.height,
         "request_fingerprint": reservation.details.request_fingerprint,
-        "release_reason": reservation.release_reason,
+        "release_reason": reservation.release_reason.value if reservation.release_reason else "",
+        "release_detail": reservation.release_detail,
         "start_time": reservation.start_time,
         **result_values(reservation.result),
         **webhook_values(reservation.webhook),
@@ -182,7 +194,7 @@ def result_values(result: JobResult) -> dict[str, Any]:
         "result_mime_type": result.mime_type,
         "result_width": result.width,
         "result_height": result.height,
-        "result_error_code": result.error_code,
+        "result_error_code": result.error.value if result.error is not None else "",
         "result_error_message": result.error_message,
         "result_finish_time": result.finish_time,
     }
