@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from imagegen.billing.v1 import resources_pb2
 from imagegen_gateway.api.schemas import ModelInfo
-from imagegen_gateway.views import model_view
+from imagegen_gateway.presentation import model_view
 
 
 def test_the_model_schema_has_every_field_of_the_shared_model_view() -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 
 from imagegen.billing.v1 import billing_service_pb2, resources_pb2
-from imagegen_common.catalog import CatalogError, Dimensions, PriceRule, check_input_images
+from imagegen_common.catalog import (
+    CatalogError,
+    Dimensions,
+    PriceRule,
+    ReplicateMapping,
+    check_input_images,
+)
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.errors import InvalidInputError
 
@@ -37,9 +43,7 @@ class ModelCatalog:
 
 def provider_reference(model: resources_pb2.Model) -> str:
     """``owner/name`` or ``owner/name:version``, as the generator passes it to Replicate."""
-    if model.provider_version:
-        return f"{model.provider_model}:{model.provider_version}"
-    return model.provider_model
+    return ReplicateMapping(model=model.provider_model, version=model.provider_version).reference
 
 
 def check_request(model: resources_pb2.Model, width: int, height: int, input_images: int) -> None:

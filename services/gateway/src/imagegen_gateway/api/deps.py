@@ -1,4 +1,5 @@
-"""Dependencies of the REST routes: the caller (bearer token) and the generate quota."""
+"""The routes' dependencies as ``Annotated`` aliases: the gateway's parts (``GatewayDep``), the caller
+(``Caller``, from the bearer token) and the generate quota (``GenerateQuota``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import nats.errors
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from imagegen_gateway.billing_client import Principal
-from imagegen_gateway.deps import gateway_of
+from imagegen_gateway.authentication import Principal
 from imagegen_gateway.errors import RateLimitedError, ServiceUnavailableError
 from imagegen_gateway.metrics import RATE_LIMITED
 from imagegen_gateway.ratelimit import RateDecision
@@ -23,6 +23,12 @@ bearer = HTTPBearer(
     scheme_name="bearerAuth",
     description="An API token: `Authorization: Bearer igk_…` (the same token as MCP).",
 )
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The gateway's long-lived parts, built by the app's lifespan."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 async def authenticated(

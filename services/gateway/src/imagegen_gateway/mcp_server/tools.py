@@ -23,7 +23,7 @@ from pydantic_core import core_schema
 
 from imagegen.billing.v1 import billing_service_pb2
 from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
-from imagegen_gateway.billing_client import Principal
+from imagegen_gateway.authentication import Principal
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.errors import GatewayError
 from imagegen_gateway.generation import (
@@ -33,10 +33,10 @@ from imagegen_gateway.generation import (
     Generations,
     ImageRequest,
 )
+from imagegen_gateway.generators import GeneratorRegistry
 from imagegen_gateway.idempotency import MAX_KEY_CHARS
 from imagegen_gateway.metrics import TOOL_CALLS
-from imagegen_gateway.providers import ProviderRegistry
-from imagegen_gateway.views import model_view
+from imagegen_gateway.presentation import model_view
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +221,12 @@ class InFlightCalls:
 class ImagegenTools:
     """Handlers of tools/list and tools/call."""
 
-    def __init__(self, generations: Generations, catalog: ModelCatalog, providers: ProviderRegistry) -> None:
+    def __init__(
+        self, generations: Generations, catalog: ModelCatalog, generators: GeneratorRegistry
+    ) -> None:
         self.generations = generations
         self.catalog = catalog
-        self.providers = providers
+        self.generators = generators
         self.in_flight = InFlightCalls()
         self._tools: tuple[billing_service_pb2.ListModelsResponse, types.ListToolsResult] | None = None
 
@@ -267,7 +269,7 @@ class ImagegenTools:
 
     async def _list_models(self) -> types.CallToolResult:
         listing = await self.catalog.listing()
-        served_by = await self.providers.served_by()
+        served_by = await self.generators.served_by()
         body = {
             "models": [model_view(m, served_by) for m in listing.models],
             "default_model": listing.default_model,

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegen_common.images import InvalidImageName
-from imagegen_gateway.deps import gateway_of
+from imagegen_gateway.api.deps import GatewayDep
+from imagegen_gateway.api.responses import error_response
 
 router = APIRouter(tags=["images"])
 
@@ -19,26 +20,18 @@ IMMUTABLE = "public, max-age=31536000, immutable"
     responses={200: {"content": {"image/png": {}, "image/webp": {}}}, 304: {}, 404: {}},
     summary="A generated image",
 )
-async def get_image(filename: str, request: Request) -> Response:
+async def get_image(filename: str, request: Request, gateway: GatewayDep) -> Response:
     """The bytes of a generated image; its URL never changes and never expires."""
-    store = gateway_of(request).images
+    store = gateway.images
     try:
         found = await store.get(filename)
     except InvalidImageName:
         found = None
     except TimeoutError:  # the store answers too slowly: say so rather than hold the request
-        return Response(
-            status_code=503,
-            content=b'{"success":false,"message":"image storage is not answering; try again"}',
-            media_type="application/json",
-            headers={"Retry-After": "5"},
-        )
+        message = "image storage is not answering; try again"
+        return error_response(503, "unavailable", message, headers={"Retry-After": "5"})
     if found is None:
-        return Response(
-            status_code=404,
-            content=b'{"success":false,"message":"no such image"}',
-            media_type="application/json",
-        )
+        return error_response(404, "not_found", "no such image")
     headers = {"ETag": found.info.etag, "Cache-Control": IMMUTABLE}
     if found.info.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
