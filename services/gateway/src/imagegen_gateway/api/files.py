@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegen_common.images import InvalidImageName
 from imagegen_gateway.api.deps import GatewayDep
-from imagegen_gateway.api.responses import error_response
+from imagegen_gateway.api.responses import UNAVAILABLE, error_doc, error_response
 
 router = APIRouter(tags=["images"])
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-@router.api_route(
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}, "image/webp": {}}},
+    304: {"description": "Not modified (`If-None-Match` names the image's ETag)."},
+    404: error_doc("No such image."),
+    503: UNAVAILABLE,
+}
+
+
+# GET and HEAD as two operations with ids of their own (one api_route would give both the same id)
+@router.get(
+    "/images/{filename}", operation_id="getImageFile", responses=RESPONSES, summary="A generated image"
+)
+@router.head(
     "/images/{filename}",
-    methods=["GET", "HEAD"],
-    responses={200: {"content": {"image/png": {}, "image/webp": {}}}, 304: {}, 404: {}},
-    summary="A generated image",
+    operation_id="headImageFile",
+    responses=RESPONSES,
+    summary="A generated image's headers",
 )
 async def get_image(filename: str, request: Request, gateway: GatewayDep) -> Response:
     """The bytes of a generated image; its URL never changes and never expires."""

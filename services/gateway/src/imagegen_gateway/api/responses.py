@@ -175,6 +175,11 @@ def _doc(model: type[ErrorBody], description: str, **extra: Any) -> dict[str, An
     return {"model": model, "description": description, **extra}
 
 
+def error_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI description of an answer in the one error body."""
+    return _doc(ErrorBody, description)
+
+
 UNAUTHORIZED = _doc(
     ErrorBody,
     "Missing, unknown or revoked API token.",
