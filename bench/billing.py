@@ -1,8 +1,9 @@
-"""Billing's ledger throughput: reserve+capture pairs per second, on SQLite and on PostgreSQL.
+"""Billing's ledger throughput: reserve+settle pairs per second (settle: the image's capture, as the
+SettleJob RPC and the settlement consumer do it), on SQLite and on PostgreSQL.
 
 Beside each number, a baseline measured in the same run on the same database and engine: a bare
 one-row ``UPDATE accounts SET credits = credits - 1 WHERE id = ?``, one statement per transaction.
-A pair is two transactions (reserve, capture) of three statements each, so a ratio near 0.5 means
+A pair is two transactions (reserve, settle) of three statements each, so a ratio near 0.5 means
 the ledger adds little beyond its commits. The two are measured in three interleaved rounds (medians
 are printed); each side stops after ``--count`` operations or ``--seconds``, whichever comes first.
 
@@ -27,12 +28,13 @@ from sqlalchemy import text
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.db import Database
-from imagegen_billing.domain import ReserveRequest
+from imagegen_billing.domain import JobResult, ReserveRequest
 from imagegen_billing.ledger import Ledger
 from imagegen_testing import postgres
 
 Operation = Callable[[int], Awaitable[None]]
 ROUNDS = 3
+IMAGE = JobResult(image_url="http://bench/images/img.png", mime_type="image/png")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ async def bench_database(name: str, url: str, limits: Limits, concurrencies: lis
         async def pair(n: int, run: int = 0) -> None:
             job_id = f"bench_{run}_{n}"
             await ledger.reserve(ReserveRequest(account.id, job_id, 1))
-            await ledger.capture(job_id)
+            await ledger.settle(job_id, IMAGE)
 
         await rate(baseline, Limits(50, limits.seconds), 1)  # warm the pool and the caches
         for concurrency in concurrencies:
@@ -92,7 +94,7 @@ async def bench_database(name: str, url: str, limits: Limits, concurrencies: lis
                 pairs.append(paired)
                 ratios.append(paired / base)
             print(
-                f"{name:<9} concurrency {concurrency:>3}: {median(pairs):7.0f} reserve+capture pairs/s   "
+                f"{name:<9} concurrency {concurrency:>3}: {median(pairs):7.0f} reserve+settle pairs/s    "
                 f"baseline {median(bases):7.0f} updates/s   ratio {median(ratios):.2f}"
             )
     finally:

@@ -18,9 +18,10 @@ from imagegen.admin.v1 import admin_service_pb2 as admin_pb
 from imagegen.admin.v1 import admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
+from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
-from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
+from imagegen_common import rpc_errors
 from imagegen_common.catalog import load_catalog
 
 if TYPE_CHECKING:  # the async stub classes exist only in the type stubs
@@ -30,6 +31,9 @@ Metadata = list[tuple[str, str]]
 HELD = resources_pb2.Reservation.STATE_HELD
 CAPTURED = resources_pb2.Reservation.STATE_CAPTURED
 RELEASED = resources_pb2.Reservation.STATE_RELEASED
+Reason = pb.ErrorReason
+IMAGE = resources_pb2.JobResult(image_url="http://x/images/img.png", mime_type="image/png")
+FAILURE = resources_pb2.JobResult(error=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, error_message="refused")
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 400) -> None:
@@ -234,19 +238,27 @@ async def test_reservations_over_grpc(
     assert (await billing_stub.Reserve(reserve(account_id, "img_a", 8))).reservation == held.reservation
 
     result = resources_pb2.JobResult(image_url="http://x/images/img_a.png", mime_type="image/png")
-    captured = await billing_stub.Capture(pb.CaptureRequest(job_id="img_a", result=result))
-    assert (captured.credits, captured.reservation.state) == (12, CAPTURED)
+    captured = await billing_stub.SettleJob(pb.SettleJobRequest(job_id="img_a", result=result))
+    assert (captured.credits, captured.reservation.state, captured.outcome) == (
+        12,
+        CAPTURED,
+        pb.SETTLE_OUTCOME_CAPTURED,
+    )
     assert captured.reservation.result.image_url == result.image_url
     fetched = await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_a"))
     assert fetched.reservation == captured.reservation
 
     await billing_stub.Reserve(reserve(account_id, "img_b", 5))
-    released = await billing_stub.Release(pb.ReleaseRequest(job_id="img_b", reason="cancelled"))
-    assert (released.credits, released.reservation.state, released.reservation.release_reason) == (
-        12,
-        RELEASED,
-        "cancelled",
+    released = await billing_stub.Release(
+        pb.ReleaseRequest(job_id="img_b", reason=resources_pb2.RELEASE_REASON_CANCELLED, detail="gone")
     )
+    assert (
+        released.credits,
+        released.reservation.state,
+        released.reservation.release_reason,
+        released.reservation.release_detail,
+    ) == (12, RELEASED, resources_pb2.RELEASE_REASON_CANCELLED, "gone")
+    cancel = pb.ReleaseRequest(job_id="img_missing", reason=resources_pb2.RELEASE_REASON_CANCELLED)
     account = (await billing_stub.GetAccount(pb.GetAccountRequest(account_id=account_id))).account
     assert (account.credits, account.reserved_credits) == (12, 0)
 
@@ -272,12 +284,12 @@ async def test_reservations_over_grpc(
             "no account 'acc_missing'",
         ),
         (
-            billing_stub.Capture(pb.CaptureRequest(job_id="img_missing")),
+            billing_stub.SettleJob(pb.SettleJobRequest(job_id="img_missing", result=IMAGE)),
             grpc.StatusCode.NOT_FOUND,
             "no reservation for job img_missing",
         ),
         (
-            billing_stub.Release(pb.ReleaseRequest(job_id="img_missing")),
+            billing_stub.Release(cancel),
             grpc.StatusCode.NOT_FOUND,
             "no reservation for job img_missing",
         ),
@@ -287,12 +299,9 @@ async def test_reservations_over_grpc(
             "no reservation for job img_missing",
         ),
         (
-            billing_stub.Capture(pb.CaptureRequest(job_id="img_b")),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "reservation for job img_b was already released",
-        ),
-        (
-            billing_stub.Release(pb.ReleaseRequest(job_id="img_a")),
+            billing_stub.Release(
+                pb.ReleaseRequest(job_id="img_a", reason=resources_pb2.RELEASE_REASON_TIMEOUT)
+            ),
             grpc.StatusCode.FAILED_PRECONDITION,
             "reservation for job img_a was already captured",
         ),
@@ -323,9 +332,10 @@ async def test_a_batch_over_grpc_is_all_or_nothing(
         grpc.StatusCode.FAILED_PRECONDITION,
         "insufficient credits: need 12, have 10",
     )
-    # the numbers also travel as trailing metadata, so that clients need not parse the sentence
-    numbers: dict[str, str] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
-    assert (numbers[REQUIRED_CREDITS], numbers[AVAILABLE_CREDITS]) == ("12", "10")
+    # the numbers also travel in the ErrorInfo, so that clients need not parse the sentence
+    rich = rpc_errors.from_error(error)
+    assert rich.reason == Reason.ERROR_REASON_INSUFFICIENT_CREDITS
+    assert (rich.number(rpc_errors.REQUIRED_CREDITS), rich.number(rpc_errors.AVAILABLE_CREDITS)) == (12, 10)
     del batch.requests[2]
     held = await billing_stub.ReserveBatch(batch)
     assert held.credits == 2 and [r.job_id for r in held.reservations] == ["img_0", "img_1"]
@@ -398,7 +408,7 @@ async def test_the_reaper_releases_what_nobody_settled(
         reservation = (
             await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_late"))
         ).reservation
-        assert reservation.release_reason == "expired"
+        assert reservation.release_reason == resources_pb2.RELEASE_REASON_EXPIRED
         assert (
             await billing_stub.GetAccount(pb.GetAccountRequest(account_id=account_id))
         ).account.credits == 10
@@ -411,3 +421,187 @@ async def test_unexpected_errors_are_internal_without_details(
         await conn.exec_driver_sql("DROP TABLE reservations")
     error = await rpc_error(billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_x")))
     assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def test_refusals_carry_their_reason_metadata_and_bad_fields(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    """What a client switches on arrives through a real server: the ErrorInfo reason, its metadata,
+    and a BadRequest naming the field."""
+    account_id = (await create_account(admin_stub, admin_metadata, 10)).account.id
+    await billing_stub.Reserve(reserve(account_id, "img_a", 4))
+    await billing_stub.SettleJob(pb.SettleJobRequest(job_id="img_a", result=IMAGE))
+    release = pb.ReleaseRequest(job_id="img_a", reason=resources_pb2.RELEASE_REASON_CANCELLED)
+    cases: list[tuple[Awaitable[object], int, dict[str, str], tuple[str, ...]]] = [
+        (
+            billing_stub.Reserve(reserve(account_id, "img_b", 11)),
+            Reason.ERROR_REASON_INSUFFICIENT_CREDITS,
+            {"required_credits": "11", "available_credits": "6"},
+            (),
+        ),
+        (billing_stub.Release(release), Reason.ERROR_REASON_ALREADY_SETTLED, {"state": "captured"}, ()),
+        (billing_stub.Reserve(reserve(account_id, "img_a", 5)), Reason.ERROR_REASON_JOB_ID_REUSED, {}, ()),
+        (
+            billing_stub.GetAccount(pb.GetAccountRequest(account_id="acc_missing")),
+            Reason.ERROR_REASON_ACCOUNT_NOT_FOUND,
+            {},
+            (),
+        ),
+        (
+            billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_missing")),
+            Reason.ERROR_REASON_RESERVATION_NOT_FOUND,
+            {},
+            (),
+        ),
+        (
+            billing_stub.Quote(pb.QuoteRequest(model="dall-e", width=1024, height=1024)),
+            Reason.ERROR_REASON_MODEL_NOT_FOUND,
+            {},
+            ("model",),
+        ),
+        (
+            billing_stub.Quote(pb.QuoteRequest(model="sdxl", width=4096, height=1024)),
+            Reason.ERROR_REASON_INVALID_ARGUMENT,
+            {},
+            ("width",),
+        ),
+        (
+            billing_stub.Reserve(reserve(account_id, "img_c", -1)),
+            Reason.ERROR_REASON_INVALID_ARGUMENT,
+            {},
+            ("amount",),
+        ),
+        (
+            billing_stub.Authenticate(pb.AuthenticateRequest(token="igk_" + "x" * 32)),
+            Reason.ERROR_REASON_INVALID_TOKEN,
+            {},
+            (),
+        ),
+        (
+            admin_stub.RevokeToken(
+                admin_pb.RevokeTokenRequest(token_id="tok_missing"), metadata=admin_metadata
+            ),
+            Reason.ERROR_REASON_TOKEN_NOT_FOUND,
+            {},
+            (),
+        ),
+        (
+            admin_stub.CreateAccount(
+                admin_pb.CreateAccountRequest(email="ada@example.test"), metadata=admin_metadata
+            ),
+            Reason.ERROR_REASON_ALREADY_EXISTS,
+            {},
+            (),
+        ),
+    ]
+    for call, reason, metadata, fields in cases:
+        error = rpc_errors.from_error(await rpc_error(call))
+        assert (error.reason, dict(error.metadata), tuple(v.field for v in error.violations)) == (
+            reason,
+            metadata,
+            fields,
+        ), error.message
+
+
+async def test_settle_job_captures_releases_and_tells_repeats_from_conflicts(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    account_id = (await create_account(admin_stub, admin_metadata, 10)).account.id
+    for job_id in ("img_ok", "img_fail"):
+        await billing_stub.Reserve(reserve(account_id, job_id, 3))
+
+    async def settle(job_id: str, result: resources_pb2.JobResult) -> pb.SettleJobResponse:
+        return await billing_stub.SettleJob(pb.SettleJobRequest(job_id=job_id, result=result))
+
+    captured = await settle("img_ok", IMAGE)
+    assert (captured.outcome, captured.credits) == (pb.SETTLE_OUTCOME_CAPTURED, 4)
+    released = await settle("img_fail", FAILURE)
+    assert (released.outcome, released.credits) == (pb.SETTLE_OUTCOME_RELEASED, 7)
+    failed = released.reservation
+    assert (failed.state, failed.release_reason, failed.release_detail) == (
+        RELEASED,
+        resources_pb2.RELEASE_REASON_FAILED,
+        "refused",
+    )
+    assert (failed.result.error, failed.result.error_message) == (
+        jobs_pb2.ERROR_CODE_CONTENT_REJECTED,
+        "refused",
+    )
+    assert (await settle("img_ok", IMAGE)).outcome == pb.SETTLE_OUTCOME_DUPLICATE
+    assert (await settle("img_fail", FAILURE)).outcome == pb.SETTLE_OUTCOME_DUPLICATE
+    conflict = await settle("img_ok", FAILURE)
+    assert (conflict.outcome, conflict.reservation.state, conflict.credits) == (
+        pb.SETTLE_OUTCOME_CONFLICT,
+        CAPTURED,
+        7,
+    )
+    assert (await settle("img_fail", IMAGE)).outcome == pb.SETTLE_OUTCOME_CONFLICT
+    empty = rpc_errors.from_error(await rpc_error(settle("img_ok", resources_pb2.JobResult())))
+    assert (empty.code, [v.field for v in empty.violations]) == (grpc.StatusCode.INVALID_ARGUMENT, ["result"])
+
+
+async def test_release_refuses_failed_and_unspecified_reasons(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    account_id = (await create_account(admin_stub, admin_metadata, 10)).account.id
+    await billing_stub.Reserve(reserve(account_id, "img_a", 3))
+    for reason in (resources_pb2.RELEASE_REASON_FAILED, resources_pb2.RELEASE_REASON_UNSPECIFIED):
+        error = rpc_errors.from_error(
+            await rpc_error(
+                billing_stub.Release(pb.ReleaseRequest(job_id="img_a", reason=reason, result=FAILURE))
+            )
+        )
+        assert (error.code, error.reason, [v.field for v in error.violations]) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.ERROR_REASON_INVALID_ARGUMENT,
+            ["reason"],
+        )
+    reservation = (await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_a"))).reservation
+    assert reservation.state == HELD
+
+
+async def test_released_credits_are_counted_by_reason(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    account_id = (await create_account(admin_stub, admin_metadata, 100)).account.id
+    name = "imagegen_billing_credits_released_total"
+    labels = ("failed", "cancelled", "timeout", "expired", "not_queued", "operator")
+    before = {label: counter(name, reason=label) for label in labels}
+    await billing_stub.Reserve(reserve(account_id, "img_f", 2))
+    await billing_stub.SettleJob(pb.SettleJobRequest(job_id="img_f", result=FAILURE))
+    for n, reason in enumerate(
+        (
+            resources_pb2.RELEASE_REASON_CANCELLED,
+            resources_pb2.RELEASE_REASON_TIMEOUT,
+            resources_pb2.RELEASE_REASON_NOT_QUEUED,
+            resources_pb2.RELEASE_REASON_OPERATOR,
+        ),
+        start=3,
+    ):
+        await billing_stub.Reserve(reserve(account_id, f"img_{n}", n))
+        await billing_stub.Release(
+            pb.ReleaseRequest(job_id=f"img_{n}", reason=reason, detail="not queued: x")
+        )
+    after = {label: counter(name, reason=label) - before[label] for label in labels}
+    assert after == {"failed": 2, "cancelled": 3, "timeout": 4, "expired": 0, "not_queued": 5, "operator": 6}
+    assert counter(name, reason="requested") == 0  # the old catch-all label is gone
+
+
+async def test_a_long_id_is_refused_and_never_echoed(billing_stub: BillingStub) -> None:
+    """A 20,000-character job id once came back in a NOT_FOUND message and overflowed the trailer."""
+    long_id = "img_" + "x" * 20_000
+    calls: list[Awaitable[object]] = [
+        billing_stub.GetReservation(pb.GetReservationRequest(job_id=long_id)),
+        billing_stub.SettleJob(pb.SettleJobRequest(job_id=long_id, result=IMAGE)),
+        billing_stub.Release(
+            pb.ReleaseRequest(job_id=long_id, reason=resources_pb2.RELEASE_REASON_CANCELLED)
+        ),
+        billing_stub.ListWebhookAttempts(pb.ListWebhookAttemptsRequest(job_id=long_id)),
+        billing_stub.GetAccount(pb.GetAccountRequest(account_id="acc_" + "x" * 20_000)),
+        billing_stub.Quote(pb.QuoteRequest(model="m" * 20_000, width=1024, height=1024)),
+    ]
+    for call in calls:
+        error = rpc_errors.from_error(await rpc_error(call))
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(error.message) < 200 and "xxxxxxxxxx" not in error.message
+        assert len(error.violations) == 1

@@ -19,15 +19,21 @@ from imagegen_billing.domain import (
     InsufficientCreditsError,
     InvalidArgumentError,
     JobDetails,
+    JobError,
     JobResult,
     NotFoundError,
+    ReleaseReason,
     ReservationState,
     ReserveRequest,
+    SettleOutcome,
 )
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.reaper import reap_once
 
 ConsistencyCheck = Callable[[Database], Awaitable[None]]
+IMAGE = JobResult(image_url="http://x/images/img.png")
+FAILURE = JobResult(error=JobError.PROVIDER_ERROR, error_message="the provider failed")
+CANCELLED = ReleaseReason.CANCELLED
 
 
 async def _account(accounts_repo: Accounts, credits: int, email: str = "ada@example.test") -> Account:
@@ -46,17 +52,21 @@ async def test_reserve_capture_and_release_keep_the_ledger_and_the_balance_equal
     assert held.reservation.details == details
     assert (await accounts_repo.get(account.id)).reserved_credits == 30
 
-    captured = await ledger.capture("img_a", JobResult(image_url="http://x/images/img_a.png", width=1024))
-    assert captured.changed and captured.credits == 70
+    captured = await ledger.settle("img_a", JobResult(image_url="http://x/images/img_a.png", width=1024))
+    assert captured.outcome is SettleOutcome.CAPTURED and captured.credits == 70
+    assert captured.reservation is not None
     assert captured.reservation.state is ReservationState.CAPTURED
     assert captured.reservation.settle_time is not None
     assert captured.reservation.result.image_url == "http://x/images/img_a.png"
 
     await ledger.reserve(ReserveRequest(account.id, "img_b", 20))
-    released = await ledger.release("img_b", "failed: provider_error", JobResult(error_code="provider_error"))
-    assert released.changed and released.credits == 70
-    assert released.reservation.release_reason == "failed: provider_error"
-    assert released.reservation.result.error_code == "provider_error"
+    released = await ledger.settle("img_b", FAILURE)
+    assert released.outcome is SettleOutcome.RELEASED and released.credits == 70
+    assert released.reservation is not None
+    assert released.reservation.release_reason is ReleaseReason.FAILED
+    assert released.reservation.release_detail == "the provider failed"
+    assert released.reservation.result.error is JobError.PROVIDER_ERROR
+    assert (await ledger.reservation("img_b")) == released.reservation
 
     entries, next_token = await ledger.entries(account.id)
     assert next_token == ""
@@ -84,22 +94,26 @@ async def test_every_operation_is_idempotent_on_the_job_id(
     with pytest.raises(FailedPreconditionError, match="already has a reservation for a different request"):
         await ledger.reserve(ReserveRequest(account.id, "img_a", 9))
 
-    assert (await ledger.capture("img_a")).changed
-    again = await ledger.capture("img_a")
-    assert not again.changed and again.reservation.state is ReservationState.CAPTURED
+    assert (await ledger.settle("img_a", IMAGE)).outcome is SettleOutcome.CAPTURED
+    again = await ledger.settle("img_a", IMAGE)
+    assert again.outcome is SettleOutcome.DUPLICATE and again.reservation is not None
+    assert again.reservation.state is ReservationState.CAPTURED
     # A repeat after settlement still returns the reservation as it stands.
     assert (await ledger.reserve(ReserveRequest(account.id, "img_a", 10))).reservation.state is (
         ReservationState.CAPTURED
     )
     with pytest.raises(AlreadySettledError, match="^reservation for job img_a was already captured$"):
-        await ledger.release("img_a", "cancelled")
+        await ledger.release("img_a", CANCELLED)
+    conflict = await ledger.settle("img_a", FAILURE)
+    assert conflict.outcome is SettleOutcome.CONFLICT and conflict.credits == 0
+    assert conflict.reservation is not None and conflict.reservation.state is ReservationState.CAPTURED
 
     await ledger.grant(account.id, 5)
     await ledger.reserve(ReserveRequest(account.id, "img_b", 5))
-    assert (await ledger.release("img_b", "cancelled")).changed
-    assert not (await ledger.release("img_b", "cancelled")).changed
-    with pytest.raises(AlreadySettledError, match="^reservation for job img_b was already released$"):
-        await ledger.capture("img_b")
+    assert (await ledger.release("img_b", CANCELLED)).changed
+    assert not (await ledger.release("img_b", CANCELLED)).changed
+    assert (await ledger.settle("img_b", IMAGE)).outcome is SettleOutcome.CONFLICT
+    assert (await ledger.settle("img_b", FAILURE)).outcome is SettleOutcome.DUPLICATE
 
     assert (await accounts_repo.get(account.id)).credits == 5
     kinds = [e.kind for e in (await ledger.entries(account.id))[0]]
@@ -116,10 +130,14 @@ async def test_bad_requests_are_refused_with_clear_messages(accounts_repo: Accou
         await ledger.reserve(ReserveRequest(account.id, "img_a", -1))
     with pytest.raises(NotFoundError, match="no account 'acc_missing'"):
         await ledger.reserve(ReserveRequest("acc_missing", "img_a", 1))
+    assert (await ledger.settle("img_missing", IMAGE)).outcome is SettleOutcome.UNKNOWN_JOB
     with pytest.raises(NotFoundError, match="no reservation for job img_missing"):
-        await ledger.capture("img_missing")
-    with pytest.raises(NotFoundError, match="no reservation for job img_missing"):
-        await ledger.release("img_missing")
+        await ledger.release("img_missing", CANCELLED)
+    for reason in (None, ReleaseReason.FAILED):
+        with pytest.raises(InvalidArgumentError):
+            await ledger.release("img_a", reason)
+    with pytest.raises(InvalidArgumentError):
+        await ledger.settle("img_a", JobResult())
     with pytest.raises(NotFoundError):
         await ledger.reservation("img_missing")
 
@@ -187,11 +205,11 @@ async def test_the_reaper_releases_expired_reservations_only(
     await ledger.reserve(ReserveRequest(account.id, "img_old", 10, expire_time=past))
     await ledger.reserve(ReserveRequest(account.id, "img_new", 10))
     await ledger.reserve(ReserveRequest(account.id, "img_done", 10, expire_time=past))
-    await ledger.capture("img_done")
+    await ledger.settle("img_done", IMAGE)
 
     assert await reap_once(ledger) == 1
     assert (await ledger.reservation("img_old")).state is ReservationState.RELEASED
-    assert (await ledger.reservation("img_old")).release_reason == "expired"
+    assert (await ledger.reservation("img_old")).release_reason is ReleaseReason.EXPIRED
     assert (await ledger.reservation("img_new")).state is ReservationState.HELD
     assert (await ledger.reservation("img_new")).expire_time > datetime.now(UTC) + timedelta(minutes=14)
     assert (await ledger.reservation("img_done")).state is ReservationState.CAPTURED
@@ -234,7 +252,10 @@ async def test_concurrent_reservations_never_overdraw(
     # Settling them concurrently, half each way, gives every released credit back exactly once.
     held = [n for n, answer in enumerate(answers) if answer == "ok"]
     await asyncio.gather(
-        *(ledger.capture(f"img_{n}") if i % 2 else ledger.release(f"img_{n}") for i, n in enumerate(held))
+        *(
+            ledger.settle(f"img_{n}", IMAGE) if i % 2 else ledger.release(f"img_{n}", CANCELLED)
+            for i, n in enumerate(held)
+        )
     )
     released = len(held[::2])
     assert (await accounts_repo.get(account.id)).credits == 1000 % amount + released * amount
@@ -251,6 +272,7 @@ async def test_concurrent_repeats_of_one_job_charge_once(
     assert sum(r.changed for r in results) == 1
     assert {r.reservation.job_id for r in results} == {"img_same"}
     assert (await accounts_repo.get(account.id)).credits == 95
-    settled = await asyncio.gather(*(ledger.capture("img_same") for _ in range(20)))
-    assert sum(s.changed for s in settled) == 1
+    settled = await asyncio.gather(*(ledger.settle("img_same", IMAGE) for _ in range(20)))
+    assert [s.outcome for s in settled].count(SettleOutcome.CAPTURED) == 1
+    assert {s.outcome for s in settled} == {SettleOutcome.CAPTURED, SettleOutcome.DUPLICATE}
     await check_consistent(db)

@@ -7,26 +7,35 @@ from pathlib import Path
 
 import pytest
 
+from imagegen.billing.v1 import billing_service_pb2, resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing import convert, tokens
 from imagegen_billing.config import BillingSettings, admin_token_problem, normalise_database_url
 from imagegen_billing.domain import (
     AlreadySettledError,
     EntryKind,
+    ErrorReason,
     FailedPreconditionError,
     InvalidArgumentError,
     JobDetails,
+    JobError,
+    JobIdReusedError,
+    JobResult,
+    ReleaseReason,
     Reservation,
     ReservationState,
     ReserveRequest,
+    SettleOutcome,
     check_batch,
     check_grant,
+    check_job_id,
+    check_release_reason,
     check_repeat,
     check_reserve_request,
     normalise_email,
-    release_reason,
-    release_reason_label,
-    settle_is_repeat,
+    settle_outcome,
+    settle_target,
+    shown,
 )
 from imagegen_billing.interceptors import status_code
 from imagegen_billing.settlement import failure_code, outcome_result
@@ -45,7 +54,6 @@ def _reservation(state: ReservationState = ReservationState.HELD, amount: int = 
         expire_time=T0,
         settle_time=None,
         details=JobDetails(),
-        release_reason="",
     )
 
 
@@ -101,31 +109,69 @@ def test_a_repeat_must_ask_for_the_same_account_and_amount() -> None:
         FailedPreconditionError, match="job img_1 already has a reservation for a different request"
     ):
         check_repeat(existing, ReserveRequest("acc_1", "img_1", 6))
-    with pytest.raises(FailedPreconditionError):
+    with pytest.raises(JobIdReusedError):
         check_repeat(existing, ReserveRequest("acc_2", "img_1", 5))
 
 
-def test_settling_is_idempotent_one_way_and_refused_the_other() -> None:
-    assert settle_is_repeat(_reservation(ReservationState.HELD), ReservationState.CAPTURED) is False
-    assert settle_is_repeat(_reservation(ReservationState.CAPTURED), ReservationState.CAPTURED) is True
-    assert settle_is_repeat(_reservation(ReservationState.RELEASED), ReservationState.RELEASED) is True
-    with pytest.raises(AlreadySettledError, match="^reservation for job img_1 was already released$"):
-        settle_is_repeat(_reservation(ReservationState.RELEASED), ReservationState.CAPTURED)
-    with pytest.raises(AlreadySettledError, match="^reservation for job img_1 was already captured$"):
-        settle_is_repeat(_reservation(ReservationState.CAPTURED), ReservationState.RELEASED)
+def test_settling_is_idempotent_one_way_and_a_conflict_the_other() -> None:
+    held, captured, released = ReservationState.HELD, ReservationState.CAPTURED, ReservationState.RELEASED
+    assert settle_outcome(held, captured) is SettleOutcome.CAPTURED
+    assert settle_outcome(held, released) is SettleOutcome.RELEASED
+    assert settle_outcome(captured, captured) is SettleOutcome.DUPLICATE
+    assert settle_outcome(released, released) is SettleOutcome.DUPLICATE
+    assert settle_outcome(released, captured) is SettleOutcome.CONFLICT
+    assert settle_outcome(captured, released) is SettleOutcome.CONFLICT
+    assert settle_outcome(None, captured) is SettleOutcome.UNKNOWN_JOB
 
 
-def test_release_reasons_map_to_bounded_labels() -> None:
-    assert release_reason("") == "requested"
-    assert release_reason("  expired ") == "expired"
-    assert len(release_reason("x" * 1000)) == 200
-    assert release_reason_label("failed: provider_error") == "failed"
-    assert release_reason_label("failed: cancelled") == "cancelled"
-    assert release_reason_label("cancelled") == "cancelled"
-    assert release_reason_label("expired") == "expired"
-    assert release_reason_label("timeout") == "expired"
-    assert release_reason_label("requested") == "requested"
-    assert release_reason_label("anything else") == "requested"
+def test_a_result_decides_capture_or_release() -> None:
+    assert settle_target(JobResult(image_url="http://x/i.png")) is ReservationState.CAPTURED
+    assert settle_target(JobResult(error=JobError.PROVIDER_ERROR)) is ReservationState.RELEASED
+    with pytest.raises(InvalidArgumentError) as refused:
+        settle_target(JobResult())
+    assert refused.value.field == "result"
+
+
+def test_release_takes_a_reason_but_not_failed() -> None:
+    assert check_release_reason(ReleaseReason.CANCELLED) is ReleaseReason.CANCELLED
+    for reason in (None, ReleaseReason.FAILED):
+        with pytest.raises(InvalidArgumentError) as refused:
+            check_release_reason(reason)
+        assert refused.value.field == "reason"
+
+
+def test_ids_are_bounded_at_the_edge_and_in_messages() -> None:
+    assert check_job_id("img_abc") == "img_abc"
+    for bad in ("", "x" * 129, "img a", "img_\u00e9"):
+        with pytest.raises(InvalidArgumentError) as refused:
+            check_job_id(bad)
+        assert refused.value.field == "job_id"
+    assert shown("x" * 20_000) == "x" * 64 + "…"
+
+
+def test_domain_enums_mirror_the_contract() -> None:
+    """Every domain value has its proto twin (the tables of convert and interceptors are built at
+    import) and every proto value but UNSPECIFIED has its domain twin."""
+    assert {f"RELEASE_REASON_{r.name}" for r in ReleaseReason} == set(resources_pb2.ReleaseReason.keys()) - {
+        "RELEASE_REASON_UNSPECIFIED"
+    }
+    assert {f"ERROR_CODE_{e.name}" for e in JobError} == set(jobs_pb2.ErrorCode.keys())
+    assert {f"ERROR_REASON_{r.name}" for r in ErrorReason} == set(billing_service_pb2.ErrorReason.keys())
+    for reason in ReleaseReason:
+        assert (
+            convert.release_reason(resources_pb2.ReleaseReason.Value(f"RELEASE_REASON_{reason.name}"))
+            is reason
+        )
+    assert convert.release_reason(resources_pb2.RELEASE_REASON_UNSPECIFIED) is None
+    assert convert.job_error(99) is JobError.UNSPECIFIED  # type: ignore[arg-type]
+
+
+def test_a_failure_without_a_code_is_still_a_failure() -> None:
+    message = resources_pb2.JobResult(error_message="it broke")
+    assert convert.job_result(message).error is JobError.UNSPECIFIED
+    assert convert.job_result(resources_pb2.JobResult(image_url="http://x/i.png")).error is None
+    failed = JobResult(error=JobError.CONTENT_REJECTED, error_message="no")
+    assert convert.job_result(convert.job_result_message(failed)) == failed
 
 
 def test_grants_add_or_remove_but_never_nothing() -> None:
@@ -210,13 +256,13 @@ def test_models_are_served_with_their_price_rule() -> None:
 
 def test_outcomes_become_results_and_reasons() -> None:
     failure = jobs_pb2.JobFailure(code=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, message="refused")
-    assert failure_code(failure) == "content_rejected"
-    assert failure_code(jobs_pb2.JobFailure(code=99)) == "unknown"  # type: ignore[arg-type]
+    assert failure_code(failure) is JobError.CONTENT_REJECTED
+    assert failure_code(jobs_pb2.JobFailure(code=99)) is JobError.UNSPECIFIED  # type: ignore[arg-type]
     outcome = jobs_pb2.JobOutcome(job_id="img_1", failure=failure)
     outcome.finish_time.FromDatetime(T0)
     result = outcome_result(outcome)
-    assert (result.error_code, result.error_message, result.finish_time) == (
-        "content_rejected",
+    assert (result.error, result.error_message, result.finish_time) == (
+        JobError.CONTENT_REJECTED,
         "refused",
         T0,
     )

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing.config import BillingSettings
-from imagegen_billing.domain import ReservationState, ReserveRequest
+from imagegen_billing.domain import JobError, ReleaseReason, ReservationState, ReserveRequest
 from imagegen_billing.server import BillingServer
 from imagegen_common import nats_names
 from imagegen_testing.nats_server import NatsServer
@@ -90,7 +90,7 @@ async def test_outcomes_settle_reservations_once(
     account, _, _ = await server.accounts.create("ada@example.test", 30)
     for job_id in ("img_ok", "img_fail", "img_conflict"):
         await server.ledger.reserve(ReserveRequest(account.id, job_id, 10))
-    await server.ledger.release("img_conflict", "cancelled")
+    await server.ledger.release("img_conflict", ReleaseReason.CANCELLED)
     before = {r: settled(r) for r in ("captured", "released", "duplicate", "conflict", "unknown_job")}
 
     started = jobs_pb2.JobStarted(job_id="img_ok", account_id=account.id, attempt=1)
@@ -110,9 +110,9 @@ async def test_outcomes_settle_reservations_once(
     assert ok.result.image_url == "http://x/images/img_ok.png"
     assert ok.start_time == datetime(2026, 1, 1, 12, tzinfo=UTC)
     failed = await server.ledger.reservation("img_fail")
-    assert (failed.state, failed.release_reason) == (ReservationState.RELEASED, "failed: provider_error")
-    assert (failed.result.error_code, failed.result.error_message) == (
-        "provider_error",
+    assert (failed.state, failed.release_reason) == (ReservationState.RELEASED, ReleaseReason.FAILED)
+    assert (failed.result.error, failed.result.error_message) == (
+        JobError.PROVIDER_ERROR,
         "the provider failed",
     )
     assert (await server.ledger.reservation("img_conflict")).state is ReservationState.RELEASED
@@ -172,7 +172,7 @@ async def test_an_event_that_cannot_be_settled_now_is_retried_later(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A database that fails for a moment (a fault injected into the ledger's capture) leaves the
+    """A database that fails for a moment (a fault injected into the ledger's settle) leaves the
     event on the stream, redelivered after a back-off instead of at once, and settled once it can."""
     server = await start_billing(
         make_settings(sqlite_url, billing_settlement_enabled=True, nats_url=nats_server.url)
@@ -181,16 +181,16 @@ async def test_an_event_that_cannot_be_settled_now_is_retried_later(
     await asyncio.wait_for(server.settlement.started.wait(), timeout=30)
     account, _, _ = await server.accounts.create("bo@example.test", 10)
     await server.ledger.reserve(ReserveRequest(account.id, "img_later", 4))
-    capture = server.ledger.capture
+    settle = server.ledger.settle
     failures: list[int] = []
 
-    async def flaky_capture(*args: object, **kwargs: object) -> object:
+    async def flaky_settle(*args: object, **kwargs: object) -> object:
         if not failures:
             failures.append(1)
             raise ConnectionError("the database went away")
-        return await capture(*args, **kwargs)  # type: ignore[arg-type]
+        return await settle(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(server.ledger, "capture", flaky_capture)
+    monkeypatch.setattr(server.ledger, "settle", flaky_settle)
     await publish(nc, image_outcome("img_later"), "outcome-img_later")
     await eventually(lambda: all_acked(nc))
     assert (await server.ledger.reservation("img_later")).state is ReservationState.CAPTURED

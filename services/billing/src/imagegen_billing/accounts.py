@@ -14,14 +14,16 @@ from imagegen_billing import tokens
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
     Account,
+    AccountNotFoundError,
     AlreadyExistsError,
     ApiToken,
     EntryKind,
     InvalidArgumentError,
-    NotFoundError,
+    TokenNotFoundError,
     UnauthenticatedError,
     clip,
     normalise_email,
+    shown,
 )
 from imagegen_billing.models import accounts, api_tokens
 from imagegen_billing.store import ACCOUNT_COLUMNS, TOKEN_COLUMNS, append_entry, now, to_account, to_token
@@ -44,7 +46,9 @@ class Accounts:
         """A new account with ``credits`` granted and its first token; returns the token's secret too."""
         email = normalise_email(email)
         if credits < 0:
-            raise InvalidArgumentError(f"initial credits must not be negative, not {credits}")
+            raise InvalidArgumentError(
+                f"initial credits must not be negative, not {credits}", field="credits"
+            )
         at = now()
         account_id = random_id("acc")
         try:
@@ -115,7 +119,7 @@ class Accounts:
             )
             row = (await conn.execute(select(*TOKEN_COLUMNS).where(api_tokens.c.id == token_id))).first()
         if row is None:
-            raise NotFoundError(f"no token {token_id!r}")
+            raise TokenNotFoundError(f"no token {shown(token_id)!r}")
         return to_token(row)
 
     async def authenticate(self, token: str) -> tuple[Account, str]:
@@ -159,7 +163,7 @@ class Accounts:
 async def _account_by_id(conn: AsyncConnection, account_id: str) -> Account:
     row = (await conn.execute(select(*ACCOUNT_COLUMNS).where(accounts.c.id == account_id))).first()
     if row is None:
-        raise NotFoundError(f"no account {account_id!r}")
+        raise AccountNotFoundError(f"no account {shown(account_id)!r}")
     return to_account(row)
 
 
@@ -167,13 +171,13 @@ async def account_by_alias(conn: AsyncConnection, alias: str) -> Account:
     """The account of an id or an email, in the caller's transaction."""
     alias = alias.strip()
     if not alias:
-        raise InvalidArgumentError("an account id or email is required")
+        raise InvalidArgumentError("an account id or email is required", field="account")
     if "@" not in alias:
         return await _account_by_id(conn, alias)
     email = alias.lower()
     row = (await conn.execute(select(*ACCOUNT_COLUMNS).where(accounts.c.email == email))).first()
     if row is None:
-        raise NotFoundError(f"no account with email {email}")
+        raise AccountNotFoundError(f"no account with email {shown(email)}")
     return to_account(row)
 
 
@@ -220,4 +224,4 @@ def _decode_page_token(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError("invalid page_token") from exc
+        raise InvalidArgumentError("invalid page_token", field="page_token") from exc

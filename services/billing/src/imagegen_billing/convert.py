@@ -1,4 +1,8 @@
-"""Domain records to protobuf messages and back."""
+"""Domain records to protobuf messages and back: one function per record and direction.
+
+Enums map by name (the domain's ``FAILED`` is the proto's ``RELEASE_REASON_FAILED``); the tables are
+built at import, so a value one side lacks fails at start-up, not on the first request that has it.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,27 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegen.billing.v1 import billing_service_pb2, resources_pb2
+from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing.domain import (
     Account,
     ApiToken,
     EntryKind,
     JobDetails,
+    JobError,
     JobResult,
+    JobSettlement,
     LedgerEntry,
+    ReleaseReason,
     Reservation,
     ReservationState,
     ReserveRequest,
+    SettleOutcome,
     WebhookAttempt,
     WebhookDelivery,
     WebhookSettings,
     WebhookState,
 )
+from imagegen_common import timestamps
 from imagegen_common.catalog import Catalog, Model
 
 _STATES = {
@@ -41,14 +51,39 @@ _KINDS = {
     EntryKind.RELEASE: resources_pb2.LedgerEntry.KIND_RELEASE,
     EntryKind.DEBIT: resources_pb2.LedgerEntry.KIND_DEBIT,
 }
+_RELEASE_REASONS = {
+    reason: resources_pb2.ReleaseReason.Value(f"RELEASE_REASON_{reason.name}") for reason in ReleaseReason
+}
+_RELEASE_REASONS_BY_NUMBER = {number: reason for reason, number in _RELEASE_REASONS.items()}
+_JOB_ERRORS = {error: jobs_pb2.ErrorCode.Value(f"ERROR_CODE_{error.name}") for error in JobError}
+_JOB_ERRORS_BY_NUMBER = {number: error for error, number in _JOB_ERRORS.items()}
+_SETTLE_OUTCOMES: dict[SettleOutcome, billing_service_pb2.SettleOutcome.ValueType] = {
+    outcome: billing_service_pb2.SettleOutcome.Value(f"SETTLE_OUTCOME_{outcome.name}")
+    for outcome in SettleOutcome
+    if outcome is not SettleOutcome.UNKNOWN_JOB  # answered with NOT_FOUND instead
+}
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    return timestamps.from_datetime(value) if value is not None else None
+
+
+def datetime_of(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def release_reason(value: resources_pb2.ReleaseReason.ValueType) -> ReleaseReason | None:
+    """The domain reason of a proto one (None for UNSPECIFIED, or a value newer than this build)."""
+    return _RELEASE_REASONS_BY_NUMBER.get(value)
+
+
+def job_error(value: jobs_pb2.ErrorCode.ValueType) -> JobError:
+    """The domain error of a proto code (UNSPECIFIED for a code newer than this build)."""
+    return _JOB_ERRORS_BY_NUMBER.get(value, JobError.UNSPECIFIED)
+
+
+def settle_outcome(value: SettleOutcome) -> billing_service_pb2.SettleOutcome.ValueType:
+    return _SETTLE_OUTCOMES[value]
 
 
 def account(value: Account) -> resources_pb2.Account:
@@ -82,25 +117,71 @@ def reservation(value: Reservation) -> resources_pb2.Reservation:
         create_time=timestamp(value.create_time),
         expire_time=timestamp(value.expire_time),
         settle_time=timestamp(value.settle_time),
-        details=resources_pb2.JobDetails(
-            model=value.details.model,
-            width=value.details.width,
-            height=value.details.height,
-            request_fingerprint=value.details.request_fingerprint,
-            webhook_url=value.details.webhook_url,
+        details=job_details_message(value.details),
+        release_reason=(
+            _RELEASE_REASONS[value.release_reason]
+            if value.release_reason is not None
+            else resources_pb2.RELEASE_REASON_UNSPECIFIED
         ),
-        release_reason=value.release_reason,
-        result=resources_pb2.JobResult(
-            image_url=value.result.image_url,
-            mime_type=value.result.mime_type,
-            width=value.result.width,
-            height=value.result.height,
-            error_code=value.result.error_code,
-            error_message=value.result.error_message,
-            finish_time=timestamp(value.result.finish_time),
-        ),
+        release_detail=value.release_detail,
+        result=job_result_message(value.result),
         start_time=timestamp(value.start_time),
         webhook=webhook_delivery(value.webhook) if value.webhook is not None else None,
+    )
+
+
+def job_details_message(value: JobDetails) -> resources_pb2.JobDetails:
+    return resources_pb2.JobDetails(
+        model=value.model,
+        width=value.width,
+        height=value.height,
+        request_fingerprint=value.request_fingerprint,
+        webhook_url=value.webhook_url,
+    )
+
+
+def job_details(value: resources_pb2.JobDetails) -> JobDetails:
+    return JobDetails(
+        model=value.model,
+        width=value.width,
+        height=value.height,
+        request_fingerprint=value.request_fingerprint,
+        webhook_url=value.webhook_url,
+    )
+
+
+def job_result_message(value: JobResult) -> resources_pb2.JobResult:
+    return resources_pb2.JobResult(
+        image_url=value.image_url,
+        mime_type=value.mime_type,
+        width=value.width,
+        height=value.height,
+        error=_JOB_ERRORS[value.error] if value.error is not None else jobs_pb2.ERROR_CODE_UNSPECIFIED,
+        error_message=value.error_message,
+        finish_time=timestamp(value.finish_time),
+    )
+
+
+def job_result(value: resources_pb2.JobResult) -> JobResult:
+    """A result as a caller reports it. A failure is a result without an image: its error is
+    UNSPECIFIED when the caller named none."""
+    failed = not value.image_url and (value.error != jobs_pb2.ERROR_CODE_UNSPECIFIED or value.error_message)
+    return JobResult(
+        image_url=value.image_url,
+        mime_type=value.mime_type,
+        width=value.width,
+        height=value.height,
+        error=job_error(value.error) if failed else None,
+        error_message=value.error_message,
+        finish_time=datetime_of(value.finish_time) if value.HasField("finish_time") else None,
+    )
+
+
+def job_settlement(value: JobSettlement) -> billing_service_pb2.SettleJobResponse:
+    return billing_service_pb2.SettleJobResponse(
+        reservation=reservation(value.reservation) if value.reservation is not None else None,
+        credits=value.credits,
+        outcome=settle_outcome(value.outcome),
     )
 
 
@@ -133,7 +214,7 @@ def webhook_attempt_request(value: resources_pb2.WebhookAttempt) -> WebhookAttem
         status_code=value.status_code,
         error=value.error,
         attempt_time=(
-            value.attempt_time.ToDatetime(tzinfo=UTC) if value.HasField("attempt_time") else datetime.now(UTC)
+            datetime_of(value.attempt_time) if value.HasField("attempt_time") else datetime.now(UTC)
         ),
     )
 
@@ -193,29 +274,10 @@ def model(value: Model, catalog: Catalog) -> resources_pb2.Model:
 
 def reserve_request(value: billing_service_pb2.ReserveRequest) -> ReserveRequest:
     """A ReserveRequest message as a domain request (no expire time: the default one)."""
-    expire_time = value.expire_time.ToDatetime(tzinfo=UTC) if value.HasField("expire_time") else None
     return ReserveRequest(
         account_id=value.account_id,
         job_id=value.job_id,
         amount=value.amount,
-        expire_time=expire_time,
-        details=JobDetails(
-            model=value.details.model,
-            width=value.details.width,
-            height=value.details.height,
-            request_fingerprint=value.details.request_fingerprint,
-            webhook_url=value.details.webhook_url,
-        ),
-    )
-
-
-def job_result(value: resources_pb2.JobResult) -> JobResult:
-    return JobResult(
-        image_url=value.image_url,
-        mime_type=value.mime_type,
-        width=value.width,
-        height=value.height,
-        error_code=value.error_code,
-        error_message=value.error_message,
-        finish_time=value.finish_time.ToDatetime(tzinfo=UTC) if value.HasField("finish_time") else None,
+        expire_time=datetime_of(value.expire_time) if value.HasField("expire_time") else None,
+        details=job_details(value.details),
     )

@@ -23,20 +23,73 @@ MAX_BATCH_SIZE = 100
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+#: Longest id shown in a message: ids come from clients, and an error's message travels in a trailer.
+MAX_SHOWN_ID_CHARS = 64
+#: Longest job id (the database's key column) and account id.
+MAX_JOB_ID_CHARS = 128
+MAX_ACCOUNT_ID_CHARS = 64
+# Ids are printable ASCII without spaces: what the gateway mints (``img_…``) and what a person types.
+_ID = re.compile(r"^[\x21-\x7e]+$")
+
+
+class ErrorReason(enum.Enum):
+    """Why billing refuses a request; mirrors ``imagegen.billing.v1.ErrorReason`` by name (the
+    transport maps one to the other, and a test keeps them in step)."""
+
+    UNSPECIFIED = enum.auto()
+    INVALID_TOKEN = enum.auto()
+    INSUFFICIENT_CREDITS = enum.auto()
+    ALREADY_SETTLED = enum.auto()
+    JOB_ID_REUSED = enum.auto()
+    ACCOUNT_NOT_FOUND = enum.auto()
+    RESERVATION_NOT_FOUND = enum.auto()
+    MODEL_NOT_FOUND = enum.auto()
+    INVALID_ARGUMENT = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    TOKEN_NOT_FOUND = enum.auto()
+
+
 class BillingError(Exception):
-    """A request billing refuses; the message is fit to show the caller."""
+    """A request billing refuses; the message is fit to show the caller. ``reason`` is what a client
+    switches on and ``metadata()`` the values it acts on."""
+
+    reason: ErrorReason = ErrorReason.UNSPECIFIED
+
+    def metadata(self) -> dict[str, str]:
+        return {}
 
 
 class NotFoundError(BillingError):
     pass
 
 
+class AccountNotFoundError(NotFoundError):
+    reason = ErrorReason.ACCOUNT_NOT_FOUND
+
+
+class ReservationNotFoundError(NotFoundError):
+    reason = ErrorReason.RESERVATION_NOT_FOUND
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no reservation for job {shown(job_id)}")
+
+
+class TokenNotFoundError(NotFoundError):
+    reason = ErrorReason.TOKEN_NOT_FOUND
+
+
 class InvalidArgumentError(BillingError):
-    pass
+    """A malformed request; ``field`` names the request field at fault, when one is."""
+
+    reason = ErrorReason.INVALID_ARGUMENT
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class AlreadyExistsError(BillingError):
-    pass
+    reason = ErrorReason.ALREADY_EXISTS
 
 
 class FailedPreconditionError(BillingError):
@@ -44,23 +97,46 @@ class FailedPreconditionError(BillingError):
 
 
 class UnauthenticatedError(BillingError):
-    pass
+    reason = ErrorReason.INVALID_TOKEN
 
 
 class InsufficientCreditsError(FailedPreconditionError):
-    def __init__(self, need: int, have: int) -> None:
-        super().__init__(f"insufficient credits: need {need}, have {have}")
+    reason = ErrorReason.INSUFFICIENT_CREDITS
+
+    def __init__(self, need: int, have: int, message: str = "") -> None:
+        super().__init__(message or f"insufficient credits: need {need}, have {have}")
         self.need = need
         self.have = have
+
+    def metadata(self) -> dict[str, str]:
+        return {"required_credits": str(self.need), "available_credits": str(self.have)}
 
 
 class AlreadySettledError(FailedPreconditionError):
     """Settling a reservation the other way than it was settled already."""
 
+    reason = ErrorReason.ALREADY_SETTLED
+
     def __init__(self, job_id: str, state: ReservationState) -> None:
-        super().__init__(f"reservation for job {job_id} was already {state.value}")
+        super().__init__(f"reservation for job {shown(job_id)} was already {state.value}")
         self.job_id = job_id
         self.state = state
+
+    def metadata(self) -> dict[str, str]:
+        return {"state": self.state.value}
+
+
+class JobIdReusedError(FailedPreconditionError):
+    """A Reserve naming a job id that holds a reservation of another account or amount."""
+
+    reason = ErrorReason.JOB_ID_REUSED
+
+    def __init__(self, job_id: str, amount: int) -> None:
+        super().__init__(
+            f"job {shown(job_id)} already has a reservation for a different request "
+            f"({amount} credits); use a new job id"
+        )
+        self.job_id = job_id
 
 
 class ReservationState(enum.StrEnum):
@@ -76,6 +152,47 @@ class WebhookState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+
+
+class ReleaseReason(enum.StrEnum):
+    """Why a reservation's credits were given back; mirrors ``imagegen.billing.v1.ReleaseReason`` by
+    name. The value is what the database keeps and the metric label."""
+
+    #: The job ran and failed (its result says how); only ``Ledger.settle`` releases with it.
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    NOT_QUEUED = "not_queued"
+    OPERATOR = "operator"
+
+
+class JobError(enum.StrEnum):
+    """Why a job failed; mirrors ``imagegen.jobs.v1.ErrorCode`` by name. The value is the stable name
+    the database keeps (``content_rejected``)."""
+
+    UNSPECIFIED = "unspecified"
+    INVALID_INPUT = "invalid_input"
+    INPUT_IMAGE_REFUSED = "input_image_refused"
+    CONTENT_REJECTED = "content_rejected"
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class SettleOutcome(enum.StrEnum):
+    """What settling a job's result did; the value is the settlement metric's label."""
+
+    CAPTURED = "captured"
+    RELEASED = "released"
+    #: Already settled the same way.
+    DUPLICATE = "duplicate"
+    #: Already settled the other way; nothing changed.
+    CONFLICT = "conflict"
+    #: The job has no reservation.
+    UNKNOWN_JOB = "unknown_job"
 
 
 class EntryKind(enum.StrEnum):
@@ -119,13 +236,13 @@ class JobDetails:
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
-    """How a reservation's job ended: an image, or an error code and message."""
+    """How a reservation's job ended: an image, or an error and a message (``error`` None: none)."""
 
     image_url: str = ""
     mime_type: str = ""
     width: int = 0
     height: int = 0
-    error_code: str = ""
+    error: JobError | None = None
     error_message: str = ""
     finish_time: datetime | None = None
 
@@ -171,7 +288,10 @@ class Reservation:
     expire_time: datetime
     settle_time: datetime | None
     details: JobDetails
-    release_reason: str
+    #: Set once released.
+    release_reason: ReleaseReason | None = None
+    #: Free text beside the reason, for people and logs (never parsed).
+    release_detail: str = ""
     result: JobResult = JobResult()
     #: When a generator took the job (None while queued).
     start_time: datetime | None = None
@@ -203,12 +323,22 @@ class ReserveRequest:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """The answer to Reserve, Capture or Release: the reservation, the account's balance after it, and
-    whether this call changed anything (False for an idempotent repeat)."""
+    """The answer to Reserve or Release: the reservation, the account's balance after it, and whether
+    this call changed anything (False for an idempotent repeat)."""
 
     reservation: Reservation
     credits: int
     changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettlement:
+    """The answer to settling a job's result: what it did, the reservation as it stands after it
+    (None for an unknown job) and the account's balance."""
+
+    outcome: SettleOutcome
+    reservation: Reservation | None
+    credits: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +351,10 @@ class BatchSettlement:
 
 def check_reserve_request(request: ReserveRequest) -> None:
     """Raises InvalidArgumentError for a request that can never be served."""
-    if not request.account_id:
-        raise InvalidArgumentError("account_id is required")
-    if not request.job_id:
-        raise InvalidArgumentError("job_id is required")
+    check_account_id(request.account_id)
+    check_job_id(request.job_id)
     if request.amount <= 0:
-        raise InvalidArgumentError(f"amount must be positive, not {request.amount}")
+        raise InvalidArgumentError(f"amount must be positive, not {request.amount}", field="amount")
     if request.details.webhook_url:
         check_webhook_url(request.details.webhook_url)
 
@@ -234,17 +362,21 @@ def check_reserve_request(request: ReserveRequest) -> None:
 def check_batch(requests: Sequence[ReserveRequest]) -> str:
     """Validates a ReserveBatch and returns its one account id."""
     if not requests:
-        raise InvalidArgumentError("a batch needs at least one request")
+        raise InvalidArgumentError("a batch needs at least one request", field="requests")
     if len(requests) > MAX_BATCH_SIZE:
-        raise InvalidArgumentError(f"a batch holds at most {MAX_BATCH_SIZE} requests, not {len(requests)}")
+        raise InvalidArgumentError(
+            f"a batch holds at most {MAX_BATCH_SIZE} requests, not {len(requests)}", field="requests"
+        )
     for request in requests:
         check_reserve_request(request)
     accounts = {request.account_id for request in requests}
     if len(accounts) > 1:
-        raise InvalidArgumentError("every request of a batch must name the same account")
+        raise InvalidArgumentError(
+            "every request of a batch must name the same account", field="requests.account_id"
+        )
     job_ids = [request.job_id for request in requests]
     if len(set(job_ids)) != len(job_ids):
-        raise InvalidArgumentError("the job ids of a batch must be distinct")
+        raise InvalidArgumentError("the job ids of a batch must be distinct", field="requests.job_id")
     return requests[0].account_id
 
 
@@ -254,7 +386,6 @@ def clip_result(result: JobResult) -> JobResult:
         result,
         image_url=result.image_url[:MAX_URL_CHARS],
         mime_type=result.mime_type[:MAX_TEXT_CHARS],
-        error_code=result.error_code[:MAX_TEXT_CHARS],
         error_message=result.error_message[:MAX_MESSAGE_CHARS],
     )
 
@@ -263,39 +394,63 @@ def check_repeat(existing: Reservation, request: ReserveRequest) -> None:
     """A Reserve whose job id has a reservation already is a repeat when it names the same account and
     amount; the caller compares request fingerprints, if it keeps them. Anything else is refused."""
     if existing.account_id != request.account_id or existing.amount != request.amount:
-        raise FailedPreconditionError(
-            f"job {request.job_id} already has a reservation for a different request "
-            f"({existing.amount} credits); use a new job id"
-        )
+        raise JobIdReusedError(request.job_id, existing.amount)
 
 
-def settle_is_repeat(reservation: Reservation, target: ReservationState) -> bool:
-    """Whether settling ``reservation`` to ``target`` is a repeat (True) or must happen now (False).
+def settle_target(result: JobResult) -> ReservationState:
+    """What a job's result means for its credits: an image captures them, a failure releases them.
 
-    Raises AlreadySettledError when it was settled the other way.
+    Raises InvalidArgumentError for a result that is neither.
     """
-    if reservation.state is ReservationState.HELD:
-        return False
-    if reservation.state is target:
-        return True
-    raise AlreadySettledError(reservation.job_id, reservation.state)
+    if result.image_url:
+        return ReservationState.CAPTURED
+    if result.error is not None:
+        return ReservationState.RELEASED
+    raise InvalidArgumentError("a result needs an image_url or an error", field="result")
 
 
-def release_reason(reason: str) -> str:
-    """The reason a release is recorded with: the caller's, trimmed, or ``requested``."""
-    return clip(reason) or "requested"
+def settle_outcome(before: ReservationState | None, target: ReservationState) -> SettleOutcome:
+    """What settling a reservation in state ``before`` (None: there is none) to ``target`` does."""
+    if before is None:
+        return SettleOutcome.UNKNOWN_JOB
+    if before is ReservationState.HELD:
+        return SettleOutcome.CAPTURED if target is ReservationState.CAPTURED else SettleOutcome.RELEASED
+    return SettleOutcome.DUPLICATE if before is target else SettleOutcome.CONFLICT
 
 
-def release_reason_label(reason: str) -> str:
-    """The bounded metric label of a release reason: ``failed``, ``expired``, ``cancelled``, ``requested``."""
-    lowered = reason.lower()
-    if "cancel" in lowered:
-        return "cancelled"
-    if lowered.startswith(("expired", "timeout", "timed out")):
-        return "expired"
-    if lowered.startswith(("failed", "job failed")):
-        return "failed"
-    return "requested"
+def check_release_reason(reason: ReleaseReason | None) -> ReleaseReason:
+    """The reason of a Release call: given, and not FAILED (a failed job is settled from its result)."""
+    if reason is None:
+        raise InvalidArgumentError("a release needs a reason", field="reason")
+    if reason is ReleaseReason.FAILED:
+        raise InvalidArgumentError("a failed job is settled with SettleJob, not released", field="reason")
+    return reason
+
+
+def check_job_id(job_id: str, field: str = "job_id") -> str:
+    """Raises InvalidArgumentError unless ``job_id`` is a possible job id."""
+    _check_id(job_id, field, MAX_JOB_ID_CHARS)
+    return job_id
+
+
+def check_account_id(account_id: str, field: str = "account_id") -> str:
+    _check_id(account_id, field, MAX_ACCOUNT_ID_CHARS)
+    return account_id
+
+
+def _check_id(value: str, field: str, longest: int) -> None:
+    if not value:
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if len(value) > longest:
+        raise InvalidArgumentError(f"{field} is longer than {longest} characters", field=field)
+    if not _ID.match(value):
+        raise InvalidArgumentError(f"{field} must be printable ASCII without spaces", field=field)
+
+
+def shown(value: str) -> str:
+    """An id as a message shows it: cut short, as it came from a client and a message travels in a
+    trailer of bounded size."""
+    return value if len(value) <= MAX_SHOWN_ID_CHARS else value[:MAX_SHOWN_ID_CHARS] + "…"
 
 
 def check_webhook_url(url: str) -> str:
@@ -305,16 +460,18 @@ def check_webhook_url(url: str) -> str:
     """
     url = url.strip()
     if len(url) > MAX_URL_CHARS:
-        raise InvalidArgumentError(f"the webhook URL is longer than {MAX_URL_CHARS} characters")
+        raise InvalidArgumentError(
+            f"the webhook URL is longer than {MAX_URL_CHARS} characters", field="webhook_url"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a port out of range)
     except ValueError as exc:
-        raise InvalidArgumentError(f"{url!r} is not a valid URL") from exc
+        raise InvalidArgumentError("the webhook URL is not a valid URL", field="webhook_url") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidArgumentError(f"{url!r} is not an http or https URL")
+        raise InvalidArgumentError("the webhook URL is not an http or https URL", field="webhook_url")
     if parts.username is not None or parts.password is not None:
-        raise InvalidArgumentError("a webhook URL must not carry credentials")
+        raise InvalidArgumentError("a webhook URL must not carry credentials", field="webhook_url")
     return url
 
 
@@ -335,7 +492,7 @@ def webhook_state_after(
 def check_grant(amount: int) -> EntryKind:
     """A grant adds credits (GRANT) or removes them (DEBIT); zero changes nothing and is refused."""
     if amount == 0:
-        raise InvalidArgumentError("amount must not be zero")
+        raise InvalidArgumentError("amount must not be zero", field="amount")
     return EntryKind.GRANT if amount > 0 else EntryKind.DEBIT
 
 
@@ -343,7 +500,7 @@ def normalise_email(email: str) -> str:
     """Trimmed and lower-cased; raises InvalidArgumentError when it is not an email address."""
     email = email.strip().lower()
     if len(email) > 254 or not _EMAIL.match(email):
-        raise InvalidArgumentError(f"{email!r} is not an email address")
+        raise InvalidArgumentError(f"{shown(email)!r} is not an email address", field="email")
     return email
 
 

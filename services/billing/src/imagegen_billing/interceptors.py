@@ -10,17 +10,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from imagegen.billing.v1 import billing_service_pb2
 from imagegen_billing import metrics
 from imagegen_billing.domain import (
     AlreadyExistsError,
     BillingError,
+    ErrorReason,
     FailedPreconditionError,
-    InsufficientCreditsError,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
 )
-from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
+from imagegen_common import rpc_errors
 from imagegen_common.catalog import CatalogError, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
 )
+
+
+# The domain's reasons are the contract's, by name; built at import so that a missing one fails early.
+_REASONS = {
+    reason: billing_service_pb2.ErrorReason.Value(f"ERROR_REASON_{reason.name}") for reason in ErrorReason
+}
 
 
 def status_code(error: Exception) -> grpc.StatusCode:
@@ -66,16 +73,24 @@ def _wrap(handler: Handler, behaviour: Behaviour) -> Handler:
     )
 
 
-def error_metadata(error: Exception) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata that gives the numbers of an error to clients (see billing_errors)."""
-    if isinstance(error, InsufficientCreditsError):
-        return ((REQUIRED_CREDITS, str(error.need)), (AVAILABLE_CREDITS, str(error.have)))
-    return ()
+def rich_status(error: BillingError | CatalogError) -> grpc.Status:
+    """The status a domain error is answered with: its code and message, an ErrorInfo with its reason
+    and metadata, and a BadRequest naming the field at fault when it is about one."""
+    if isinstance(error, BillingError):
+        reason, metadata = error.reason, error.metadata()
+        field = error.field if isinstance(error, InvalidArgumentError) else ""
+    else:
+        unknown = isinstance(error, UnknownModelError)
+        reason = ErrorReason.MODEL_NOT_FOUND if unknown else ErrorReason.INVALID_ARGUMENT
+        metadata, field = {}, error.field or ""
+    message = str(error)
+    violations = (rpc_errors.FieldViolation(field, message),) if field else ()
+    return rpc_errors.to_status(status_code(error), message, _REASONS[reason], metadata, violations)
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts and times every unary RPC of our services, logs it, and answers domain errors with their
-    status code and message (unexpected errors with INTERNAL and no detail)."""
+    rich status (unexpected errors with INTERNAL and no detail)."""
 
     # grpc-stubs leave out the None that grpc passes along for a method no servicer has.
     async def intercept_service(  # type: ignore[override]
@@ -98,7 +113,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 raise
             except (BillingError, CatalogError) as error:
                 code = status_code(error)
-                await context.abort(code, str(error), trailing_metadata=error_metadata(error))
+                # grpc-stubs lack abort_with_status on the aio context, which grpc has since 1.38.
+                await context.abort_with_status(rich_status(error))  # type: ignore[attr-defined]
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("rpc failed", extra={"service": service, "method": method})

@@ -24,28 +24,36 @@ from imagegen_billing.accounts import account_by_alias
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
     Account,
+    AccountNotFoundError,
+    AlreadySettledError,
     BatchSettlement,
     EntryKind,
-    FailedPreconditionError,
     InsufficientCreditsError,
     InvalidArgumentError,
     JobResult,
+    JobSettlement,
     LedgerEntry,
-    NotFoundError,
+    ReleaseReason,
     Reservation,
+    ReservationNotFoundError,
     ReservationState,
     ReserveRequest,
     Settlement,
+    SettleOutcome,
     WebhookDelivery,
     WebhookState,
+    check_account_id,
     check_batch,
     check_grant,
+    check_job_id,
+    check_release_reason,
     check_repeat,
     check_reserve_request,
     clip,
     clip_result,
-    release_reason,
-    settle_is_repeat,
+    settle_outcome,
+    settle_target,
+    shown,
 )
 from imagegen_billing.models import accounts, ledger_entries, reservations
 from imagegen_billing.store import (
@@ -104,8 +112,8 @@ class Ledger:
     async def reserve(self, request: ReserveRequest) -> Settlement:
         """Holds ``request.amount`` credits for a job.
 
-        Raises InsufficientCreditsError, NotFoundError (account), InvalidArgumentError, and
-        FailedPreconditionError when the job id holds a reservation for another account or amount.
+        Raises InsufficientCreditsError, AccountNotFoundError, InvalidArgumentError, and
+        JobIdReusedError when the job id holds a reservation for another account or amount.
         """
         check_reserve_request(request)
         reservation = self._new_reservation(request, now())
@@ -169,21 +177,37 @@ class Ledger:
         by_job = {**existing, **{r.job_id: r for r in new}}
         return BatchSettlement([by_job[r.job_id] for r in requests], credits, created=new)
 
-    async def capture(self, job_id: str, result: JobResult | None = None) -> Settlement:
-        """Settles a held reservation as spent, keeping the job's result; a repeat returns the captured
-        reservation as it is.
+    async def settle(self, job_id: str, result: JobResult) -> JobSettlement:
+        """Settles a job from its result, the one way an outcome reaches the credits: an image captures
+        the held reservation, a failure releases it (reason FAILED); either way the result is kept.
 
-        Raises NotFoundError, and AlreadySettledError when the reservation was released.
+        A repeat is DUPLICATE, a reservation settled the other way already is CONFLICT (nothing
+        changes), a job without reservation UNKNOWN_JOB. Raises InvalidArgumentError for a result
+        with neither an image nor an error.
         """
-        return await self._settle(job_id, ReservationState.CAPTURED, "", result)
+        target = settle_target(result)
+        if target is ReservationState.CAPTURED:
+            return await self._settle(job_id, target, None, "", result)
+        return await self._settle(job_id, target, ReleaseReason.FAILED, result.error_message, result)
 
-    async def release(self, job_id: str, reason: str = "", result: JobResult | None = None) -> Settlement:
-        """Gives a held reservation's credits back, keeping why; a repeat returns the released
-        reservation as it is.
+    async def release(
+        self, job_id: str, reason: ReleaseReason | None, detail: str = "", result: JobResult | None = None
+    ) -> Settlement:
+        """Gives a held reservation's credits back for a job that did not run to an outcome, keeping
+        why; a repeat returns the released reservation as it is.
 
-        Raises NotFoundError, and AlreadySettledError when the reservation was captured.
+        Raises InvalidArgumentError for no reason or FAILED (``settle`` releases a failed job),
+        ReservationNotFoundError, and AlreadySettledError when the reservation was captured.
         """
-        return await self._settle(job_id, ReservationState.RELEASED, release_reason(reason), result)
+        reason = check_release_reason(reason)
+        settled = await self._settle(job_id, ReservationState.RELEASED, reason, detail, result)
+        if settled.reservation is None:
+            raise ReservationNotFoundError(job_id)
+        if settled.outcome is SettleOutcome.CONFLICT:
+            raise AlreadySettledError(job_id, settled.reservation.state)
+        return Settlement(
+            settled.reservation, settled.credits, changed=settled.outcome is SettleOutcome.RELEASED
+        )
 
     async def mark_started(self, job_id: str, at: datetime) -> bool:
         """Records when a generator first took the job; False when the job has no reservation."""
@@ -196,12 +220,21 @@ class Ledger:
             return await _reservation(conn, job_id) is not None
 
     async def _settle(
-        self, job_id: str, target: ReservationState, reason: str, result: JobResult | None
-    ) -> Settlement:
-        if not job_id:
-            raise InvalidArgumentError("job_id is required")
+        self,
+        job_id: str,
+        target: ReservationState,
+        reason: ReleaseReason | None,
+        detail: str,
+        result: JobResult | None,
+    ) -> JobSettlement:
+        check_job_id(job_id)
         at = now()
-        values: dict[str, object] = {"state": target.value, "settle_time": at, "release_reason": reason}
+        values: dict[str, object] = {
+            "state": target.value,
+            "settle_time": at,
+            "release_reason": reason.value if reason is not None else "",
+            "release_detail": clip(detail),
+        }
         if result is not None:
             values.update(result_values(clip_result(result)))
         async with self.db.write() as conn:
@@ -209,9 +242,9 @@ class Ledger:
             if row is None:
                 existing = await _reservation(conn, job_id)
                 if existing is None:
-                    raise NotFoundError(f"no reservation for job {job_id}")
-                settle_is_repeat(existing, target)
-                return Settlement(existing, await _credits(conn, existing.account_id), changed=False)
+                    return JobSettlement(SettleOutcome.UNKNOWN_JOB, None, 0)
+                outcome = settle_outcome(existing.state, target)
+                return JobSettlement(outcome, existing, await _credits(conn, existing.account_id))
             reservation = to_reservation(row)
             returned = reservation.amount if target is ReservationState.RELEASED else 0
             credits = await conn.scalar(
@@ -220,15 +253,16 @@ class Ledger:
             )
             assert credits is not None  # the foreign key keeps the account
             kind = EntryKind.RELEASE if target is ReservationState.RELEASED else EntryKind.CAPTURE
+            note = reason.value if reason is not None else ""
             await append_entries(
                 conn,
-                entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=reason),
+                entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=note),
             )
-        if target is ReservationState.RELEASED:
+        if reason is not None:
             metrics.released(reservation.amount, reason)
         else:
             metrics.captured(reservation.amount)
-        return Settlement(reservation, credits, changed=True)
+        return JobSettlement(settle_outcome(ReservationState.HELD, target), reservation, credits)
 
     async def grant(self, alias: str, amount: int, note: str = "") -> tuple[Account, LedgerEntry]:
         """Adds credits to an account (positive amount) or removes them (negative, never below zero)."""
@@ -245,8 +279,9 @@ class Ledger:
                 )
             ).first()
             if row is None:
-                raise FailedPreconditionError(
-                    f"cannot remove {-amount} credits: the account has {await _credits(conn, account.id)}"
+                have = await _credits(conn, account.id)
+                raise InsufficientCreditsError(
+                    -amount, have, f"cannot remove {-amount} credits: the account has {have}"
                 )
             entry = await append_entry(
                 conn,
@@ -286,10 +321,9 @@ class Ledger:
         Keyset pagination on (create_time, job_id), which ix_reservations_account_id_create_time
         serves, so a page costs the same however deep it is.
         """
-        if not account_id:
-            raise InvalidArgumentError("account_id is required")
+        check_account_id(account_id)
         if page_size < 0:
-            raise InvalidArgumentError(f"page_size must not be negative, not {page_size}")
+            raise InvalidArgumentError(f"page_size must not be negative, not {page_size}", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         query = (
             select(reservations)
@@ -312,10 +346,11 @@ class Ledger:
         return page, next_token
 
     async def reservation(self, job_id: str) -> Reservation:
+        check_job_id(job_id)
         async with self.db.read() as conn:
             found = await _reservation(conn, job_id)
         if found is None:
-            raise NotFoundError(f"no reservation for job {job_id}")
+            raise ReservationNotFoundError(job_id)
         return found
 
     async def expired_job_ids(self, at: datetime, limit: int = 100) -> list[str]:
@@ -349,7 +384,6 @@ class Ledger:
                 model=clip(request.details.model),
                 request_fingerprint=request.details.request_fingerprint[:128],
             ),
-            release_reason="",
             webhook=WebhookDelivery(url=webhook_url, state=WebhookState.PENDING) if webhook_url else None,
         )
 
@@ -375,7 +409,7 @@ async def _repeat_or_refuse(conn: AsyncConnection, request: ReserveRequest) -> S
 async def _credits(conn: AsyncConnection, account_id: str) -> int:
     credits = await conn.scalar(select(accounts.c.credits).where(accounts.c.id == account_id))
     if credits is None:
-        raise NotFoundError(f"no account {account_id!r}")
+        raise AccountNotFoundError(f"no account {shown(account_id)!r}")
     return int(credits)
 
 
@@ -397,7 +431,7 @@ def _reserve_entry(reservation: Reservation, balance_after: int) -> dict[str, ob
 
 def _decode_entry_token(token: str) -> int:
     if not token.isdigit():
-        raise InvalidArgumentError("invalid page_token")
+        raise InvalidArgumentError("invalid page_token", field="page_token")
     return int(token)
 
 
@@ -411,7 +445,7 @@ def _decode_reservation_token(token: str) -> tuple[datetime, str]:
         created, _, job_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().partition("|")
         moment = datetime.fromisoformat(created)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgumentError("invalid page_token") from exc
+        raise InvalidArgumentError("invalid page_token", field="page_token") from exc
     if moment.tzinfo is None or not job_id:
-        raise InvalidArgumentError("invalid page_token")
+        raise InvalidArgumentError("invalid page_token", field="page_token")
     return moment, job_id

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prometheus_client import Counter, Gauge, Histogram
 
-from imagegen_billing.domain import release_reason_label
-
-SettlementResult = Literal["captured", "released", "duplicate", "conflict", "unknown_job"]
+from imagegen_billing.domain import ReleaseReason, SettleOutcome
 
 RPC_REQUESTS = Counter(
     "imagegen_billing_rpc_requests_total",
@@ -38,10 +34,10 @@ SETTLEMENT_EVENTS = Counter(
     ["result"],
 )
 
-for _reason in ("failed", "expired", "cancelled", "requested"):
-    CREDITS_RELEASED.labels(reason=_reason)
-for _result in ("captured", "released", "duplicate", "conflict", "unknown_job"):
-    SETTLEMENT_EVENTS.labels(result=_result)
+for _reason in ReleaseReason:
+    CREDITS_RELEASED.labels(reason=_reason.value)
+for _outcome in SettleOutcome:
+    SETTLEMENT_EVENTS.labels(result=_outcome.value)
 
 
 def reserved(amount: int, count: int = 1) -> None:
@@ -54,10 +50,10 @@ def captured(amount: int) -> None:
     RESERVATIONS_OPEN.dec()
 
 
-def released(amount: int, reason: str) -> None:
-    CREDITS_RELEASED.labels(reason=release_reason_label(reason)).inc(amount)
+def released(amount: int, reason: ReleaseReason) -> None:
+    CREDITS_RELEASED.labels(reason=reason.value).inc(amount)
     RESERVATIONS_OPEN.dec()
 
 
-def settlement_event(result: SettlementResult) -> None:
-    SETTLEMENT_EVENTS.labels(result=result).inc()
+def settlement_event(result: SettleOutcome) -> None:
+    SETTLEMENT_EVENTS.labels(result=result.value).inc()

@@ -110,13 +110,16 @@ class ReservationRow(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     request_fingerprint: Mapped[str] = mapped_column(String(128))
-    release_reason: Mapped[str] = mapped_column(String(200))
+    # A ReleaseReason's value ("failed", "expired", …); "" until released.
+    release_reason: Mapped[str] = mapped_column(String(16))
+    release_detail: Mapped[str] = mapped_column(String(200), server_default=text("''"))
     start_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # How the job ended (JobResult), set when the reservation settles.
     result_image_url: Mapped[str] = mapped_column(String(2048))
     result_mime_type: Mapped[str] = mapped_column(String(200))
     result_width: Mapped[int] = mapped_column(Integer)
     result_height: Mapped[int] = mapped_column(Integer)
+    # A JobError's value ("content_rejected"); "" unless the job failed.
     result_error_code: Mapped[str] = mapped_column(String(200))
     result_error_message: Mapped[str] = mapped_column(String(1000))
     result_finish_time: Mapped[datetime | None] = mapped_column(UtcDateTime())

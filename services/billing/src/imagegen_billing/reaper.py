@@ -6,13 +6,12 @@ import asyncio
 import logging
 
 from imagegen_billing import metrics
-from imagegen_billing.domain import AlreadySettledError, NotFoundError
+from imagegen_billing.domain import AlreadySettledError, NotFoundError, ReleaseReason
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.store import now
 
 log = logging.getLogger(__name__)
 
-EXPIRED = "expired"
 BATCH = 100
 
 
@@ -23,7 +22,7 @@ async def reap_once(ledger: Ledger) -> int:
         job_ids = await ledger.expired_job_ids(now(), limit=BATCH)
         for job_id in job_ids:
             try:
-                result = await ledger.release(job_id, EXPIRED)
+                result = await ledger.release(job_id, ReleaseReason.EXPIRED)
             except (AlreadySettledError, NotFoundError):
                 continue  # settled a moment ago by its outcome
             if result.changed:

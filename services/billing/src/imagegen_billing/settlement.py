@@ -22,14 +22,12 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_billing import metrics
-from imagegen_billing.domain import AlreadySettledError, JobResult, NotFoundError
+from imagegen_billing import convert, metrics
+from imagegen_billing.domain import InvalidArgumentError, JobError, JobResult, SettleOutcome, shown
 from imagegen_billing.ledger import Ledger
-from imagegen_billing.metrics import SettlementResult
 from imagegen_billing.store import now
 from imagegen_common import nats_names
 from imagegen_common.jetstream import ensure_stream
-from imagegen_common.outcomes import error_code_name
 from imagegen_common.settings import server_list
 
 log = logging.getLogger(__name__)
@@ -39,18 +37,19 @@ FETCH_BATCH = 32
 _RETRY_MAX_SECONDS = 30.0
 
 
-def failure_code(failure: jobs_pb2.JobFailure) -> str:
-    """``provider_error`` for ERROR_CODE_PROVIDER_ERROR (``unknown`` for a code newer than this build)."""
-    try:
-        return error_code_name(failure.code)
-    except ValueError:
-        return "unknown"
+def failure_code(failure: jobs_pb2.JobFailure) -> JobError:
+    """The domain error of a failure (UNSPECIFIED for a code newer than this build)."""
+    return convert.job_error(failure.code)
 
 
 def outcome_result(outcome: jobs_pb2.JobOutcome) -> JobResult:
-    """What billing keeps of an outcome with the reservation."""
+    """What billing keeps of an outcome with the reservation: the one conversion of a JobOutcome.
+
+    Raises ValueError for an outcome that has neither an image nor a failure.
+    """
     finish_time = outcome.finish_time.ToDatetime(tzinfo=UTC) if outcome.HasField("finish_time") else now()
-    if outcome.HasField("image"):
+    kind = outcome.WhichOneof("result")
+    if kind == "image":
         image = outcome.image
         return JobResult(
             image_url=image.url,
@@ -59,32 +58,25 @@ def outcome_result(outcome: jobs_pb2.JobOutcome) -> JobResult:
             height=image.height,
             finish_time=finish_time,
         )
-    return JobResult(
-        error_code=failure_code(outcome.failure),
-        error_message=outcome.failure.message,
-        finish_time=finish_time,
-    )
+    if kind == "failure":
+        return JobResult(
+            error=failure_code(outcome.failure),
+            error_message=outcome.failure.message,
+            finish_time=finish_time,
+        )
+    raise ValueError(f"outcome of job {shown(outcome.job_id)!r} has neither an image nor a failure")
 
 
-async def settle_outcome(ledger: Ledger, outcome: jobs_pb2.JobOutcome) -> SettlementResult:
-    """Captures or releases the reservation of an outcome's job; returns what happened.
-
-    Raises ValueError for an outcome that has neither an image nor a failure.
-    """
-    kind = outcome.WhichOneof("result")
-    if kind is None:
-        raise ValueError(f"outcome of job {outcome.job_id!r} has neither an image nor a failure")
+async def settle_outcome(ledger: Ledger, outcome: jobs_pb2.JobOutcome) -> SettleOutcome:
+    """Settles the reservation of an outcome's job (``Ledger.settle`` decides how); returns what
+    happened. Raises ValueError for an outcome that has neither an image nor a failure, or whose job
+    id cannot be one."""
     result = outcome_result(outcome)
     try:
-        if kind == "image":
-            settled = await ledger.capture(outcome.job_id, result)
-            return "captured" if settled.changed else "duplicate"
-        settled = await ledger.release(outcome.job_id, f"failed: {result.error_code}", result)
-        return "released" if settled.changed else "duplicate"
-    except NotFoundError:
-        return "unknown_job"
-    except AlreadySettledError:
-        return "conflict"
+        settled = await ledger.settle(outcome.job_id, result)
+    except InvalidArgumentError as error:  # a job id no reservation can have: unusable, like bad bytes
+        raise ValueError(str(error)) from error
+    return settled.outcome
 
 
 #: Backoff of an event that could not be settled (the database is down, say): 1, 2, 4 … 60 s.

@@ -16,11 +16,13 @@ from imagegen_billing.domain import (
     MAX_MESSAGE_CHARS,
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
+    ReservationNotFoundError,
     WebhookAttempt,
     WebhookDelivery,
     WebhookSettings,
+    check_job_id,
     check_webhook_url,
+    shown,
     webhook_state_after,
 )
 from imagegen_billing.models import account_webhooks, reservations, webhook_attempts
@@ -173,8 +175,7 @@ class Webhooks:
 
     async def attempts(self, job_id: str) -> list[WebhookAttempt]:
         """Every recorded attempt of a job's webhook, oldest first."""
-        if not job_id:
-            raise InvalidArgumentError("job_id is required")
+        check_job_id(job_id)
         query = (
             select(webhook_attempts)
             .where(webhook_attempts.c.job_id == job_id)
@@ -185,12 +186,16 @@ class Webhooks:
 
 
 def _check_attempt(attempt: WebhookAttempt) -> None:
-    if not attempt.job_id:
-        raise InvalidArgumentError("job_id is required")
+    check_job_id(attempt.job_id, field="attempt.job_id")
     if attempt.attempt < 1:
-        raise InvalidArgumentError(f"attempt must be at least 1, not {attempt.attempt}")
+        raise InvalidArgumentError(
+            f"attempt must be at least 1, not {attempt.attempt}", field="attempt.attempt"
+        )
     if not 0 <= attempt.status_code <= 599:
-        raise InvalidArgumentError(f"status_code must be an HTTP status or 0, not {attempt.status_code}")
+        raise InvalidArgumentError(
+            f"status_code must be an HTTP status or 0, not {attempt.status_code}",
+            field="attempt.status_code",
+        )
 
 
 async def _row(conn: AsyncConnection, account_id: str) -> AnyRow | None:
@@ -201,8 +206,8 @@ async def _row(conn: AsyncConnection, account_id: str) -> AnyRow | None:
 async def _delivery(conn: AsyncConnection, job_id: str) -> WebhookDelivery:
     row = (await conn.execute(select(reservations).where(reservations.c.job_id == job_id))).first()
     if row is None:
-        raise NotFoundError(f"no reservation for job {job_id}")
+        raise ReservationNotFoundError(job_id)
     delivery = to_webhook_delivery(row)
     if delivery is None:
-        raise FailedPreconditionError(f"job {job_id} has no webhook")
+        raise FailedPreconditionError(f"job {shown(job_id)} has no webhook")
     return delivery

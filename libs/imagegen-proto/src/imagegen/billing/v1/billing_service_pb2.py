@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from imagegen.billing.v1 import resources_pb2 as imagegen_dot_billing_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"W\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x19\n\x11input_image_count\x18\x04 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"x\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x17\n\x0f\x63reated_job_ids\x18\x03 \x03(\t\"P\n\x0e\x43\x61ptureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"Y\n\x0f\x43\x61ptureResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"\x9a\x01\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x32\n\x06reason\x18\x04 \x01(\x0e\x32\".imagegen.billing.v1.ReleaseReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResultJ\x04\x08\x02\x10\x03\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"R\n\x10SettleJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"\x90\x01\n\x11SettleJobResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x33\n\x07outcome\x18\x03 \x01(\x0e\x32\".imagegen.billing.v1.SettleOutcome\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\"T\n\x17ListReservationsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetWebhookSettingsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"l\n\x1aGetWebhookSettingsResponse\x12\x36\n\x08settings\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookSettings\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"b\n\x1bRecordWebhookAttemptRequest\x12\x34\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32#.imagegen.billing.v1.WebhookAttempt\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"V\n\x1cRecordWebhookAttemptResponse\x12\x36\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\",\n\x1aListWebhookAttemptsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"T\n\x1bListWebhookAttemptsResponse\x12\x35\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.WebhookAttempt*\xa4\x01\n\rSettleOutcome\x12\x1e\n\x1aSETTLE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETTLE_OUTCOME_CAPTURED\x10\x01\x12\x1b\n\x17SETTLE_OUTCOME_RELEASED\x10\x02\x12\x1c\n\x18SETTLE_OUTCOME_DUPLICATE\x10\x03\x12\x1b\n\x17SETTLE_OUTCOME_CONFLICT\x10\x04*\x88\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_INVALID_TOKEN\x10\x01\x12%\n!ERROR_REASON_INSUFFICIENT_CREDITS\x10\x02\x12 \n\x1c\x45RROR_REASON_ALREADY_SETTLED\x10\x03\x12\x1e\n\x1a\x45RROR_REASON_JOB_ID_REUSED\x10\x04\x12\"\n\x1e\x45RROR_REASON_ACCOUNT_NOT_FOUND\x10\x05\x12&\n\"ERROR_REASON_RESERVATION_NOT_FOUND\x10\x06\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x07\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x08\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\t\x12 \n\x1c\x45RROR_REASON_TOKEN_NOT_FOUND\x10\n2\x90\x0b\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07\x43\x61pture\x12#.imagegen.billing.v1.CaptureRequest\x1a$.imagegen.billing.v1.CaptureResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12Z\n\tSettleJob\x12%.imagegen.billing.v1.SettleJobRequest\x1a&.imagegen.billing.v1.SettleJobResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponse\x12o\n\x10ListReservations\x12,.imagegen.billing.v1.ListReservationsRequest\x1a-.imagegen.billing.v1.ListReservationsResponse\x12u\n\x12GetWebhookSettings\x12..imagegen.billing.v1.GetWebhookSettingsRequest\x1a/.imagegen.billing.v1.GetWebhookSettingsResponse\x12{\n\x14RecordWebhookAttempt\x12\x30.imagegen.billing.v1.RecordWebhookAttemptRequest\x1a\x31.imagegen.billing.v1.RecordWebhookAttemptResponse\x12x\n\x13ListWebhookAttempts\x12/.imagegen.billing.v1.ListWebhookAttemptsRequest\x1a\x30.imagegen.billing.v1.ListWebhookAttemptsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)imagegen/billing/v1/billing_service.proto\x12\x13imagegen.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#imagegen/billing/v1/resources.proto\"$\n\x13\x41uthenticateRequest\x12\r\n\x05token\x18\x01 \x01(\t\"W\n\x14\x41uthenticateResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12\x10\n\x08token_id\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"W\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.imagegen.billing.v1.Model\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"W\n\x0cQuoteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x19\n\x11input_image_count\x18\x04 \x01(\x05\"N\n\rQuoteResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x03\"\xa7\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x1f.imagegen.billing.v1.JobDetails\"Y\n\x0fReserveResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"L\n\x13ReserveBatchRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.ReserveRequest\"x\n\x14ReserveBatchResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x17\n\x0f\x63reated_job_ids\x18\x03 \x03(\t\"\x9a\x01\n\x0eReleaseRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x32\n\x06reason\x18\x04 \x01(\x0e\x32\".imagegen.billing.v1.ReleaseReason\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResultJ\x04\x08\x02\x10\x03\"Y\n\x0fReleaseResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\"R\n\x10SettleJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1e.imagegen.billing.v1.JobResult\"\x90\x01\n\x11SettleJobResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x0f\n\x07\x63redits\x18\x02 \x01(\x03\x12\x33\n\x07outcome\x18\x03 \x01(\x0e\x32\".imagegen.billing.v1.SettleOutcome\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"r\n\x12GetAccountResponse\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.imagegen.billing.v1.Account\x12-\n\x06tokens\x18\x02 \x03(\x0b\x32\x1d.imagegen.billing.v1.ApiToken\"\'\n\x15GetReservationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\x16GetReservationResponse\x12\x35\n\x0breservation\x18\x01 \x01(\x0b\x32 .imagegen.billing.v1.Reservation\"T\n\x17ListReservationsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x18ListReservationsResponse\x12\x36\n\x0creservations\x18\x01 \x03(\x0b\x32 .imagegen.billing.v1.Reservation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x19GetWebhookSettingsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"l\n\x1aGetWebhookSettingsResponse\x12\x36\n\x08settings\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookSettings\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"b\n\x1bRecordWebhookAttemptRequest\x12\x34\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32#.imagegen.billing.v1.WebhookAttempt\x12\r\n\x05\x66inal\x18\x02 \x01(\x08\"V\n\x1cRecordWebhookAttemptResponse\x12\x36\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32$.imagegen.billing.v1.WebhookDelivery\",\n\x1aListWebhookAttemptsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"T\n\x1bListWebhookAttemptsResponse\x12\x35\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32#.imagegen.billing.v1.WebhookAttempt*\xa4\x01\n\rSettleOutcome\x12\x1e\n\x1aSETTLE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETTLE_OUTCOME_CAPTURED\x10\x01\x12\x1b\n\x17SETTLE_OUTCOME_RELEASED\x10\x02\x12\x1c\n\x18SETTLE_OUTCOME_DUPLICATE\x10\x03\x12\x1b\n\x17SETTLE_OUTCOME_CONFLICT\x10\x04*\x88\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_INVALID_TOKEN\x10\x01\x12%\n!ERROR_REASON_INSUFFICIENT_CREDITS\x10\x02\x12 \n\x1c\x45RROR_REASON_ALREADY_SETTLED\x10\x03\x12\x1e\n\x1a\x45RROR_REASON_JOB_ID_REUSED\x10\x04\x12\"\n\x1e\x45RROR_REASON_ACCOUNT_NOT_FOUND\x10\x05\x12&\n\"ERROR_REASON_RESERVATION_NOT_FOUND\x10\x06\x12 \n\x1c\x45RROR_REASON_MODEL_NOT_FOUND\x10\x07\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x08\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\t\x12 \n\x1c\x45RROR_REASON_TOKEN_NOT_FOUND\x10\n2\xba\n\n\x0e\x42illingService\x12\x63\n\x0c\x41uthenticate\x12(.imagegen.billing.v1.AuthenticateRequest\x1a).imagegen.billing.v1.AuthenticateResponse\x12]\n\nListModels\x12&.imagegen.billing.v1.ListModelsRequest\x1a\'.imagegen.billing.v1.ListModelsResponse\x12N\n\x05Quote\x12!.imagegen.billing.v1.QuoteRequest\x1a\".imagegen.billing.v1.QuoteResponse\x12T\n\x07Reserve\x12#.imagegen.billing.v1.ReserveRequest\x1a$.imagegen.billing.v1.ReserveResponse\x12\x63\n\x0cReserveBatch\x12(.imagegen.billing.v1.ReserveBatchRequest\x1a).imagegen.billing.v1.ReserveBatchResponse\x12T\n\x07Release\x12#.imagegen.billing.v1.ReleaseRequest\x1a$.imagegen.billing.v1.ReleaseResponse\x12Z\n\tSettleJob\x12%.imagegen.billing.v1.SettleJobRequest\x1a&.imagegen.billing.v1.SettleJobResponse\x12]\n\nGetAccount\x12&.imagegen.billing.v1.GetAccountRequest\x1a\'.imagegen.billing.v1.GetAccountResponse\x12i\n\x0eGetReservation\x12*.imagegen.billing.v1.GetReservationRequest\x1a+.imagegen.billing.v1.GetReservationResponse\x12o\n\x10ListReservations\x12,.imagegen.billing.v1.ListReservationsRequest\x1a-.imagegen.billing.v1.ListReservationsResponse\x12u\n\x12GetWebhookSettings\x12..imagegen.billing.v1.GetWebhookSettingsRequest\x1a/.imagegen.billing.v1.GetWebhookSettingsResponse\x12{\n\x14RecordWebhookAttempt\x12\x30.imagegen.billing.v1.RecordWebhookAttemptRequest\x1a\x31.imagegen.billing.v1.RecordWebhookAttemptResponse\x12x\n\x13ListWebhookAttempts\x12/.imagegen.billing.v1.ListWebhookAttemptsRequest\x1a\x30.imagegen.billing.v1.ListWebhookAttemptsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imagegen.billing.v1.billing_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETTLEOUTCOME']._serialized_start=2609
-  _globals['_SETTLEOUTCOME']._serialized_end=2773
-  _globals['_ERRORREASON']._serialized_start=2776
-  _globals['_ERRORREASON']._serialized_end=3168
+  _globals['_SETTLEOUTCOME']._serialized_start=2436
+  _globals['_SETTLEOUTCOME']._serialized_end=2600
+  _globals['_ERRORREASON']._serialized_start=2603
+  _globals['_ERRORREASON']._serialized_end=2995
   _globals['_AUTHENTICATEREQUEST']._serialized_start=136
   _globals['_AUTHENTICATEREQUEST']._serialized_end=172
   _globals['_AUTHENTICATERESPONSE']._serialized_start=174
@@ -57,42 +57,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESERVEBATCHREQUEST']._serialized_end=879
   _globals['_RESERVEBATCHRESPONSE']._serialized_start=881
   _globals['_RESERVEBATCHRESPONSE']._serialized_end=1001
-  _globals['_CAPTUREREQUEST']._serialized_start=1003
-  _globals['_CAPTUREREQUEST']._serialized_end=1083
-  _globals['_CAPTURERESPONSE']._serialized_start=1085
-  _globals['_CAPTURERESPONSE']._serialized_end=1174
-  _globals['_RELEASEREQUEST']._serialized_start=1177
-  _globals['_RELEASEREQUEST']._serialized_end=1331
-  _globals['_RELEASERESPONSE']._serialized_start=1333
-  _globals['_RELEASERESPONSE']._serialized_end=1422
-  _globals['_SETTLEJOBREQUEST']._serialized_start=1424
-  _globals['_SETTLEJOBREQUEST']._serialized_end=1506
-  _globals['_SETTLEJOBRESPONSE']._serialized_start=1509
-  _globals['_SETTLEJOBRESPONSE']._serialized_end=1653
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1655
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1694
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=1696
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=1810
-  _globals['_GETRESERVATIONREQUEST']._serialized_start=1812
-  _globals['_GETRESERVATIONREQUEST']._serialized_end=1851
-  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1853
-  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1932
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1934
-  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=2018
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=2020
-  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=2127
-  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_start=2129
-  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_end=2176
-  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_start=2178
-  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_end=2286
-  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_start=2288
-  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_end=2386
-  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_start=2388
-  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_end=2474
-  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_start=2476
-  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_end=2520
-  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_start=2522
-  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_end=2606
-  _globals['_BILLINGSERVICE']._serialized_start=3171
-  _globals['_BILLINGSERVICE']._serialized_end=4595
+  _globals['_RELEASEREQUEST']._serialized_start=1004
+  _globals['_RELEASEREQUEST']._serialized_end=1158
+  _globals['_RELEASERESPONSE']._serialized_start=1160
+  _globals['_RELEASERESPONSE']._serialized_end=1249
+  _globals['_SETTLEJOBREQUEST']._serialized_start=1251
+  _globals['_SETTLEJOBREQUEST']._serialized_end=1333
+  _globals['_SETTLEJOBRESPONSE']._serialized_start=1336
+  _globals['_SETTLEJOBRESPONSE']._serialized_end=1480
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1482
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1521
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=1523
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=1637
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1639
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1678
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1680
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1759
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_start=1761
+  _globals['_LISTRESERVATIONSREQUEST']._serialized_end=1845
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_start=1847
+  _globals['_LISTRESERVATIONSRESPONSE']._serialized_end=1954
+  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_start=1956
+  _globals['_GETWEBHOOKSETTINGSREQUEST']._serialized_end=2003
+  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_start=2005
+  _globals['_GETWEBHOOKSETTINGSRESPONSE']._serialized_end=2113
+  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_start=2115
+  _globals['_RECORDWEBHOOKATTEMPTREQUEST']._serialized_end=2213
+  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_start=2215
+  _globals['_RECORDWEBHOOKATTEMPTRESPONSE']._serialized_end=2301
+  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_start=2303
+  _globals['_LISTWEBHOOKATTEMPTSREQUEST']._serialized_end=2347
+  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_start=2349
+  _globals['_LISTWEBHOOKATTEMPTSRESPONSE']._serialized_end=2433
+  _globals['_BILLINGSERVICE']._serialized_start=2998
+  _globals['_BILLINGSERVICE']._serialized_end=4336
 # @@protoc_insertion_point(module_scope)

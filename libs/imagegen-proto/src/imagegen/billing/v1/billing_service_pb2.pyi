@@ -364,54 +364,6 @@ class ReserveBatchResponse(_message.Message):
 Global___ReserveBatchResponse: _TypeAlias = ReserveBatchResponse  # noqa: Y015
 
 @_typing.final
-class CaptureRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    JOB_ID_FIELD_NUMBER: _builtins.int
-    RESULT_FIELD_NUMBER: _builtins.int
-    job_id: _builtins.str
-    @_builtins.property
-    def result(self) -> _resources_pb2.JobResult:
-        """The image the job made, kept with the reservation."""
-
-    def __init__(
-        self,
-        *,
-        job_id: _builtins.str = ...,
-        result: _resources_pb2.JobResult | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "result", b"result"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CaptureRequest: _TypeAlias = CaptureRequest  # noqa: Y015
-
-@_typing.final
-class CaptureResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RESERVATION_FIELD_NUMBER: _builtins.int
-    CREDITS_FIELD_NUMBER: _builtins.int
-    credits: _builtins.int
-    @_builtins.property
-    def reservation(self) -> _resources_pb2.Reservation: ...
-    def __init__(
-        self,
-        *,
-        reservation: _resources_pb2.Reservation | None = ...,
-        credits: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credits", b"credits", "reservation", b"reservation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CaptureResponse: _TypeAlias = CaptureResponse  # noqa: Y015
-
-@_typing.final
 class ReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

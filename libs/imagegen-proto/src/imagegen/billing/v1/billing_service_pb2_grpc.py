@@ -67,11 +67,6 @@ class BillingServiceStub:
                 request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchRequest.SerializeToString,
                 response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchResponse.FromString,
                 _registered_method=True)
-        self.Capture = channel.unary_unary(
-                '/imagegen.billing.v1.BillingService/Capture',
-                request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureRequest.SerializeToString,
-                response_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureResponse.FromString,
-                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/imagegen.billing.v1.BillingService/Release',
                 request_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReleaseRequest.SerializeToString,
@@ -160,15 +155,9 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Capture(self, request, context):
-        """Settles a held reservation as spent. Idempotent on job_id.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Release(self, request, context):
-        """Returns a held reservation's credits. Idempotent on job_id.
+        """Returns a held reservation's credits for a job that did not run to an outcome (cancelled, timed
+        out, not queued, an operator's call). Idempotent on job_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,11 +242,6 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ReserveBatch,
                     request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchRequest.FromString,
                     response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchResponse.SerializeToString,
-            ),
-            'Capture': grpc.unary_unary_rpc_method_handler(
-                    servicer.Capture,
-                    request_deserializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureRequest.FromString,
-                    response_serializer=imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
@@ -443,33 +427,6 @@ class BillingService:
             '/imagegen.billing.v1.BillingService/ReserveBatch',
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchRequest.SerializeToString,
             imagegen_dot_billing_dot_v1_dot_billing__service__pb2.ReserveBatchResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Capture(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/imagegen.billing.v1.BillingService/Capture',
-            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureRequest.SerializeToString,
-            imagegen_dot_billing_dot_v1_dot_billing__service__pb2.CaptureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,10 +51,10 @@ class BillingServiceStub:
     """Holds credits for a job. Idempotent on job_id: a repeat returns the first answer."""
     ReserveBatch: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ReserveBatchRequest, _billing_service_pb2.ReserveBatchResponse]
     """Holds credits for several jobs at once: all of them or none. Idempotent on the job ids."""
-    Capture: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CaptureRequest, _billing_service_pb2.CaptureResponse]
-    """Settles a held reservation as spent. Idempotent on job_id."""
     Release: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ReleaseRequest, _billing_service_pb2.ReleaseResponse]
-    """Returns a held reservation's credits. Idempotent on job_id."""
+    """Returns a held reservation's credits for a job that did not run to an outcome (cancelled, timed
+    out, not queued, an operator's call). Idempotent on job_id.
+    """
     SettleJob: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.SettleJobRequest, _billing_service_pb2.SettleJobResponse]
     """Settles a job from what happened to it: billing decides what that means for the credits (an
     image captures the reservation, a failure releases it). The one way every caller (settlement
@@ -98,10 +98,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Holds credits for a job. Idempotent on job_id: a repeat returns the first answer."""
     ReserveBatch: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ReserveBatchRequest, _billing_service_pb2.ReserveBatchResponse]  # type: ignore[assignment]
     """Holds credits for several jobs at once: all of them or none. Idempotent on the job ids."""
-    Capture: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CaptureRequest, _billing_service_pb2.CaptureResponse]  # type: ignore[assignment]
-    """Settles a held reservation as spent. Idempotent on job_id."""
     Release: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ReleaseRequest, _billing_service_pb2.ReleaseResponse]  # type: ignore[assignment]
-    """Returns a held reservation's credits. Idempotent on job_id."""
+    """Returns a held reservation's credits for a job that did not run to an outcome (cancelled, timed
+    out, not queued, an operator's call). Idempotent on job_id.
+    """
     SettleJob: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.SettleJobRequest, _billing_service_pb2.SettleJobResponse]  # type: ignore[assignment]
     """Settles a job from what happened to it: billing decides what that means for the credits (an
     image captures the reservation, a failure releases it). The one way every caller (settlement
@@ -174,20 +174,14 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Holds credits for several jobs at once: all of them or none. Idempotent on the job ids."""
 
     @_abc_1.abstractmethod
-    def Capture(
-        self,
-        request: _billing_service_pb2.CaptureRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_billing_service_pb2.CaptureResponse, _abc.Awaitable[_billing_service_pb2.CaptureResponse]]:
-        """Settles a held reservation as spent. Idempotent on job_id."""
-
-    @_abc_1.abstractmethod
     def Release(
         self,
         request: _billing_service_pb2.ReleaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ReleaseResponse, _abc.Awaitable[_billing_service_pb2.ReleaseResponse]]:
-        """Returns a held reservation's credits. Idempotent on job_id."""
+        """Returns a held reservation's credits for a job that did not run to an outcome (cancelled, timed
+        out, not queued, an operator's call). Idempotent on job_id.
+        """
 
     @_abc_1.abstractmethod
     def SettleJob(
