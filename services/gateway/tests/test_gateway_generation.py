@@ -11,13 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from imagegen.billing.v1 import resources_pb2
+from imagegen_common.catalog import Dimensions, PriceRule
 from imagegen_gateway.authentication import Principal
 from imagegen_gateway.billing_client import ReservationRequest
 from imagegen_gateway.domain import (
     ErrorCode,
     HeldBatch,
     JobResult,
+    Model,
     ReleaseReason,
     Reservation,
     ReservationState,
@@ -28,20 +29,18 @@ from imagegen_gateway.errors import GenerationFailedError, GenerationTimeoutErro
 from imagegen_gateway.generation import Generations, ImageRequest
 from imagegen_gateway.jobs import JobSpec, JobUpdate, Progress
 
-MODEL = resources_pb2.Model(
+MODEL = Model(
     key="m",
     provider_model="owner/m",
     provider_version="v1",
     supports_text_to_image=True,
-    dimensions=resources_pb2.Dimensions(
-        min_width=256, max_width=2048, min_height=256, max_height=2048, step=1
-    ),
-    price_rule=resources_pb2.PriceRule(credits_per_megapixel=4, minimum_credits=1),
+    dimensions=Dimensions(min_width=256, max_width=2048, min_height=256, max_height=2048),
+    price_rule=PriceRule(credits_per_megapixel=4, minimum_credits=1),
 )
 
 
 class FakeCatalog:
-    async def get(self, key: str) -> resources_pb2.Model:
+    async def get(self, key: str) -> Model:
         return MODEL
 
 

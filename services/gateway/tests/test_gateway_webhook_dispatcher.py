@@ -12,7 +12,6 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from imagegen.billing.v1 import billing_service_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_gateway.domain import (
     ErrorCode,
@@ -23,6 +22,7 @@ from imagegen_gateway.domain import (
     SettleOutcome,
     WebhookAttempt,
     WebhookDelivery,
+    WebhookSettings,
     WebhookState,
 )
 from imagegen_gateway.webhooks.dispatcher import Step, WebhookDispatcher, next_step
@@ -68,8 +68,8 @@ class Billing:
         self.reservation = replace(self.reservation, state=self.settles_to, result=result)
         return Settlement(self.reservation, SettleOutcome.RELEASED)
 
-    async def webhook_settings(self, account_id: str) -> billing_service_pb2.GetWebhookSettingsResponse:
-        return billing_service_pb2.GetWebhookSettingsResponse(signing_secret="whsec_c2VjcmV0")
+    async def webhook_settings(self, account_id: str) -> WebhookSettings:
+        return WebhookSettings(url="", has_secret=True, signing_secret="whsec_c2VjcmV0")
 
     async def record_webhook_attempt(self, attempt: WebhookAttempt, final: bool) -> None:
         self.attempts.append((attempt, final))

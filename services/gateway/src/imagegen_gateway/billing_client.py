@@ -25,12 +25,15 @@ from imagegen_common.rpc_errors import ErrorReason, RpcError
 from imagegen_gateway import wire
 from imagegen_gateway.authentication import Principal
 from imagegen_gateway.domain import (
+    Account,
     HeldBatch,
     JobResult,
+    ModelListing,
     ReleaseReason,
     Reservation,
     Settlement,
     WebhookAttempt,
+    WebhookSettings,
 )
 from imagegen_gateway.errors import (
     AlreadySettledError,
@@ -153,8 +156,8 @@ class BillingClient:
         reply = await self._call(self.stub.Authenticate, pb.AuthenticateRequest(token=token))
         return Principal(account_id=reply.account.id, email=reply.account.email, token_id=reply.token_id)
 
-    async def list_models(self) -> pb.ListModelsResponse:
-        return await self._call(self.stub.ListModels, pb.ListModelsRequest())
+    async def list_models(self) -> ModelListing:
+        return wire.model_listing(await self._call(self.stub.ListModels, pb.ListModelsRequest()))
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
@@ -228,15 +231,17 @@ class BillingClient:
         reply = await self._call(self.stub.ListReservations, request)
         return [wire.reservation(r) for r in reply.reservations], reply.next_page_token
 
-    async def account(self, account_id: str) -> pb.GetAccountResponse:
+    async def account(self, account_id: str) -> Account:
         """The account with its tokens (prefixes only)."""
-        return await self._call(self.stub.GetAccount, pb.GetAccountRequest(account_id=account_id))
+        reply = await self._call(self.stub.GetAccount, pb.GetAccountRequest(account_id=account_id))
+        return wire.account(reply)
 
-    async def webhook_settings(self, account_id: str) -> pb.GetWebhookSettingsResponse:
+    async def webhook_settings(self, account_id: str) -> WebhookSettings:
         """The account's default webhook URL and signing secret."""
-        return await self._call(
+        reply = await self._call(
             self.stub.GetWebhookSettings, pb.GetWebhookSettingsRequest(account_id=account_id)
         )
+        return wire.webhook_settings(reply)
 
     async def record_webhook_attempt(self, attempt: WebhookAttempt, final: bool) -> None:
         message = resources_pb2.WebhookAttempt(

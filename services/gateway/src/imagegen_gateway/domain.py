@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from imagegen_common.catalog import Dimensions, PriceRule
+
 
 class ErrorCode(enum.StrEnum):
     """Why a job failed; the value is the stable code clients see (``error.code``, MCP text, metrics)."""
@@ -138,3 +140,61 @@ class Settlement:
 
     reservation: Reservation
     outcome: SettleOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A catalog model as billing lists it: what it takes, what it costs, who makes it."""
+
+    key: str
+    name: str = ""
+    description: str = ""
+    provider: str = ""
+    provider_model: str = ""
+    provider_version: str = ""
+    quality_rating: int = 0
+    pricing_rating: int = 0
+    supports_text_to_image: bool = False
+    supports_image_to_image: bool = False
+    max_input_images: int = 0
+    dimensions: Dimensions = field(default_factory=lambda: Dimensions(0, 0, 0, 0))
+    price_rule: PriceRule = field(default_factory=lambda: PriceRule(0, 0))
+    price_description: str = ""
+    #: Credits of a 1024x1024 image.
+    default_cost: int = 0
+    is_default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelListing:
+    models: tuple[Model, ...]
+    default_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    id: str
+    label: str
+    prefix: str
+    create_time: datetime
+    last_used_time: datetime | None = None
+    revoke_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    email: str
+    credits: int
+    reserved_credits: int
+    create_time: datetime
+    tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """An account's default webhook and its signing secret ("" when it has none)."""
+
+    url: str
+    has_secret: bool
+    signing_secret: str = ""

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import nats.errors
 
-from imagegen.billing.v1 import resources_pb2
 from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
 from imagegen_gateway.authentication import Principal
@@ -34,6 +33,7 @@ from imagegen_gateway.domain import (
     ErrorCode,
     HeldBatch,
     JobResult,
+    Model,
     ReleaseReason,
     Reservation,
     ReservationState,
@@ -93,7 +93,7 @@ class Jobs(Protocol):
 class Catalog(Protocol):
     """Billing's model catalog (``ModelCatalog``)."""
 
-    async def get(self, key: str) -> resources_pb2.Model: ...
+    async def get(self, key: str) -> Model: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +261,7 @@ class Generations:
         self,
         principal: Principal,
         request: ImageRequest,
-        model: resources_pb2.Model,
+        model: Model,
         submission: Submission,
         reply: bool,
         *,

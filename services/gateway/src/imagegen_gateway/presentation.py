@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from imagegen.billing.v1 import billing_service_pb2, resources_pb2
-from imagegen_gateway import wire
 from imagegen_gateway.api.schemas import (
     AccountInfo,
     Image,
@@ -17,7 +15,14 @@ from imagegen_gateway.api.schemas import (
     TokenInfo,
     WebhookSummary,
 )
-from imagegen_gateway.domain import Reservation, WebhookDelivery, WebhookState
+from imagegen_gateway.domain import (
+    Account,
+    Model,
+    Reservation,
+    WebhookDelivery,
+    WebhookSettings,
+    WebhookState,
+)
 from imagegen_gateway.image_status import ImageStatus, failure_of, status_of
 
 STATUS_NAMES: dict[ImageStatus, StatusName] = {
@@ -42,7 +47,7 @@ def optional_iso(moment: datetime | None) -> str | None:
     return iso(moment) if moment is not None else None
 
 
-def model_view(model: resources_pb2.Model, served_by: str) -> dict[str, Any]:
+def model_view(model: Model, served_by: str) -> dict[str, Any]:
     """Every documented field of a model, plus its sizes, prices and who serves it."""
     dims = model.dimensions
     return {
@@ -67,7 +72,7 @@ def model_view(model: resources_pb2.Model, served_by: str) -> dict[str, Any]:
         "price_rule": {
             "credits_per_megapixel": model.price_rule.credits_per_megapixel,
             "minimum_credits": model.price_rule.minimum_credits,
-            "description": model.price_rule.description,
+            "description": model.price_description,
         },
         "is_default": model.is_default,
         "served_by": served_by,
@@ -126,15 +131,13 @@ def webhook_summary(delivery: WebhookDelivery) -> WebhookSummary:
     )
 
 
-def account(
-    reply: billing_service_pb2.GetAccountResponse, webhook: resources_pb2.WebhookSettings
-) -> AccountInfo:
+def account(details: Account, webhook: WebhookSettings) -> AccountInfo:
     return AccountInfo(
-        id=reply.account.id,
-        email=reply.account.email,
-        credits=reply.account.credits,
-        reserved_credits=reply.account.reserved_credits,
-        created_at=iso(wire.moment(reply.account.create_time)),
+        id=details.id,
+        email=details.email,
+        credits=details.credits,
+        reserved_credits=details.reserved_credits,
+        created_at=iso(details.create_time),
         webhook_url=webhook.url or None,
         webhook_secret_set=webhook.has_secret,
         tokens=[
@@ -142,10 +145,10 @@ def account(
                 id=token.id,
                 label=token.label,
                 prefix=token.prefix,
-                created_at=iso(wire.moment(token.create_time)),
-                last_used_at=optional_iso(wire.optional_moment(token, "last_used_time")),
-                revoked_at=optional_iso(wire.optional_moment(token, "revoke_time")),
+                created_at=iso(token.create_time),
+                last_used_at=optional_iso(token.last_used_time),
+                revoked_at=optional_iso(token.revoke_time),
             )
-            for token in reply.tokens
+            for token in details.tokens
         ],
     )

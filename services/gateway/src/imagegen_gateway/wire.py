@@ -11,14 +11,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from imagegen.billing.v1 import billing_service_pb2, resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import timestamps
+from imagegen_common.catalog import Dimensions, PriceRule
 from imagegen_gateway.domain import (
+    Account,
+    ApiToken,
     ErrorCode,
     JobResult,
+    Model,
+    ModelListing,
     ReleaseReason,
     Reservation,
     ReservationState,
     SettleOutcome,
     WebhookDelivery,
+    WebhookSettings,
     WebhookState,
 )
 
@@ -167,4 +173,59 @@ def reservation(message: resources_pb2.Reservation) -> Reservation:
         release_detail=message.release_detail,
         result=job_result(message.result) if message.HasField("result") else None,
         webhook=_webhook(message.webhook) if message.HasField("webhook") else None,
+    )
+
+
+def model(message: resources_pb2.Model) -> Model:
+    dims, rule = message.dimensions, message.price_rule
+    return Model(
+        key=message.key,
+        name=message.name,
+        description=message.description,
+        provider=message.provider,
+        provider_model=message.provider_model,
+        provider_version=message.provider_version,
+        quality_rating=message.quality_rating,
+        pricing_rating=message.pricing_rating,
+        supports_text_to_image=message.supports_text_to_image,
+        supports_image_to_image=message.supports_image_to_image,
+        max_input_images=message.max_input_images,
+        dimensions=Dimensions(dims.min_width, dims.max_width, dims.min_height, dims.max_height, dims.step),
+        price_rule=PriceRule(rule.credits_per_megapixel, rule.minimum_credits),
+        price_description=rule.description,
+        default_cost=message.default_cost,
+        is_default=message.is_default,
+    )
+
+
+def model_listing(message: billing_service_pb2.ListModelsResponse) -> ModelListing:
+    return ModelListing(tuple(model(m) for m in message.models), message.default_model)
+
+
+def account(message: billing_service_pb2.GetAccountResponse) -> Account:
+    return Account(
+        id=message.account.id,
+        email=message.account.email,
+        credits=message.account.credits,
+        reserved_credits=message.account.reserved_credits,
+        create_time=moment(message.account.create_time),
+        tokens=tuple(
+            ApiToken(
+                id=token.id,
+                label=token.label,
+                prefix=token.prefix,
+                create_time=moment(token.create_time),
+                last_used_time=optional_moment(token, "last_used_time"),
+                revoke_time=optional_moment(token, "revoke_time"),
+            )
+            for token in message.tokens
+        ),
+    )
+
+
+def webhook_settings(message: billing_service_pb2.GetWebhookSettingsResponse) -> WebhookSettings:
+    return WebhookSettings(
+        url=message.settings.url,
+        has_secret=message.settings.has_secret,
+        signing_secret=message.signing_secret,
     )

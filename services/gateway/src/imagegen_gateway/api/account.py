@@ -26,4 +26,4 @@ router = APIRouter(prefix="/api", tags=["account"], route_class=ApiRoute)
 async def get_account(gateway: GatewayDep, principal: Caller) -> AccountResponse:
     reply = await gateway.billing.account(principal.account_id)
     webhook = await gateway.billing.webhook_settings(principal.account_id)
-    return AccountResponse(success=True, account=presentation.account(reply, webhook.settings))
+    return AccountResponse(success=True, account=presentation.account(reply, webhook))

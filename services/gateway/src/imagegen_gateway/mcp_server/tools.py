@@ -21,10 +21,10 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from imagegen.billing.v1 import billing_service_pb2
 from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
 from imagegen_gateway.authentication import Principal
 from imagegen_gateway.catalog import ModelCatalog
+from imagegen_gateway.domain import ModelListing
 from imagegen_gateway.errors import GatewayError
 from imagegen_gateway.generation import (
     MAX_PROMPT_CHARS,
@@ -228,7 +228,7 @@ class ImagegenTools:
         self.catalog = catalog
         self.generators = generators
         self.in_flight = InFlightCalls()
-        self._tools: tuple[billing_service_pb2.ListModelsResponse, types.ListToolsResult] | None = None
+        self._tools: tuple[ModelListing, types.ListToolsResult] | None = None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

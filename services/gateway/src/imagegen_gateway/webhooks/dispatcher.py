@@ -27,7 +27,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from imagegen.billing.v1 import billing_service_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
 from imagegen_common.jetstream import SlotPuller, ensure_stream
@@ -38,6 +37,7 @@ from imagegen_gateway.domain import (
     ReservationState,
     Settlement,
     WebhookAttempt,
+    WebhookSettings,
     WebhookState,
 )
 from imagegen_gateway.errors import GatewayError
@@ -94,7 +94,7 @@ class DispatcherBilling(Protocol):
 
     async def settle(self, job_id: str, result: JobResult) -> Settlement: ...
 
-    async def webhook_settings(self, account_id: str) -> billing_service_pb2.GetWebhookSettingsResponse: ...
+    async def webhook_settings(self, account_id: str) -> WebhookSettings: ...
 
     async def record_webhook_attempt(self, attempt: WebhookAttempt, final: bool) -> None: ...
 
