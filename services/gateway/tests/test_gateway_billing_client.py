@@ -17,8 +17,15 @@ from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import rpc_errors
 from imagegen_common.rpc_errors import ErrorReason, FieldViolation
-from imagegen_gateway.billing_client import BillingClient, ReservationRequest
-from imagegen_gateway.domain import ErrorCode, JobResult, ReleaseReason, ReservationState, SettleOutcome
+from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway.domain import (
+    ErrorCode,
+    JobResult,
+    ReleaseReason,
+    ReservationRequest,
+    ReservationState,
+    SettleOutcome,
+)
 from imagegen_gateway.errors import (
     GatewayError,
     InsufficientCreditsError,

@@ -13,7 +13,6 @@ import pytest
 
 from imagegen_common.catalog import Dimensions, PriceRule
 from imagegen_gateway.authentication import Principal
-from imagegen_gateway.billing_client import ReservationRequest
 from imagegen_gateway.domain import (
     ErrorCode,
     HeldBatch,
@@ -21,6 +20,7 @@ from imagegen_gateway.domain import (
     Model,
     ReleaseReason,
     Reservation,
+    ReservationRequest,
     ReservationState,
     Settlement,
     SettleOutcome,

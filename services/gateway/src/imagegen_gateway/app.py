@@ -61,7 +61,8 @@ The asynchronous REST API: `POST /api/images/generate` answers at once with the 
 images; poll `GET /api/images/{id}` (or receive a webhook) for each image's outcome. Every request
 carries `Authorization: Bearer <API token>` (the same token as MCP). Errors are
 `{"success": false, "error": "<code>", "message": "..."}`, with `errors` by field on 422,
-`required` and `available` on 402 and `retry_after` on 429.
+`required` and `available` on 402 and `retry_after` on 429; a body that cannot be decoded as UTF-8 is
+`400` with `error` `invalid_json`.
 
 Webhooks follow Standard Webhooks: a `POST` of `{"type": "image.completed" | "image.failed",
 "timestamp", "data": <the image object>}` with `webhook-id` (stable per job event),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from imagegen_gateway.domain import (
     ModelListing,
     ReleaseReason,
     Reservation,
+    ReservationRequest,
     Settlement,
     WebhookAttempt,
     WebhookSettings,
@@ -69,17 +69,6 @@ _FIELDS = {"page_token": "cursor"}
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationRequest:
-    job_id: str
-    amount: int
-    model: str
-    width: int
-    height: int
-    fingerprint: str = ""
-    webhook_url: str = ""
 
 
 def _invalid(error: RpcError) -> GatewayError:

@@ -124,6 +124,20 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    """Credits to hold for one job."""
+
+    job_id: str
+    amount: int
+    model: str
+    width: int
+    height: int
+    #: Hash of the whole request, so that a repeat with another request is told apart.
+    fingerprint: str = ""
+    webhook_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class HeldBatch:
     """The answer of holding credits for several jobs at once."""
 

@@ -27,7 +27,6 @@ import nats.errors
 from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
 from imagegen_gateway.authentication import Principal
-from imagegen_gateway.billing_client import ReservationRequest
 from imagegen_gateway.catalog import price, provider_reference
 from imagegen_gateway.domain import (
     ErrorCode,
@@ -36,6 +35,7 @@ from imagegen_gateway.domain import (
     Model,
     ReleaseReason,
     Reservation,
+    ReservationRequest,
     ReservationState,
     Settlement,
 )
