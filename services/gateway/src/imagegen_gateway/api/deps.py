@@ -31,18 +31,24 @@ def gateway_of(request: Request) -> Gateway:
     return gateway
 
 
+GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+
+
 async def authenticated(
-    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    request: Request,
+    gateway: GatewayDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
     """The caller; InvalidTokenError (401) for a missing, unknown or revoked token."""
-    return await gateway_of(request).authenticator.from_headers(request.headers)
+    return await gateway.authenticator.from_headers(request.headers)
 
 
-async def generate_quota(
-    request: Request, principal: Annotated[Principal, Depends(authenticated)]
-) -> RateDecision | None:
+Caller = Annotated[Principal, Depends(authenticated)]
+
+
+async def generate_quota(gateway: GatewayDep, principal: Caller) -> RateDecision | None:
     """Counts a generate request against its token's quota; 429 when it is spent (None: no limit)."""
-    limiter = gateway_of(request).rate_limiter
+    limiter = gateway.rate_limiter
     if not limiter.enabled:
         return None
     try:
@@ -61,6 +67,4 @@ async def generate_quota(
     return decision
 
 
-GatewayDep = Annotated[Gateway, Depends(gateway_of)]
-Caller = Annotated[Principal, Depends(authenticated)]
 GenerateQuota = Annotated[RateDecision | None, Depends(generate_quota)]
