@@ -95,6 +95,16 @@ async def test_invalid_arguments_are_a_tool_error_naming_the_field() -> None:
     assert generations.asked == []
 
 
+async def test_an_overlong_model_key_is_refused_before_anything_echoes_it() -> None:
+    generations = FakeGenerations(answer=DELIVERED)
+    result = await _tools(generations).call_tool(
+        _ctx(), _call("generate_image", prompt="a", model="m" * 10_000)
+    )
+    assert result.is_error and generations.asked == []
+    text = result.content[0]
+    assert isinstance(text, types.TextContent) and len(text.text) < 500
+
+
 async def test_a_failed_generation_is_a_tool_error_with_its_sentence() -> None:
     failure = GenerationFailedError("content_rejected", "The filter refused it. No credits were charged.")
     result = await _tools(FakeGenerations(answer=failure)).call_tool(

@@ -44,6 +44,7 @@ SERVER_NAME = "imagegen"
 #: The default model, for a schema asked for before the catalog was first fetched.
 NANO_BANANA = "nano-banana"
 PRINCIPAL_SCOPE_KEY = "imagegen.principal"
+MAX_MODEL_KEY_CHARS = 128
 
 
 class _OptionalMeansAbsent(GenerateJsonSchema):
@@ -64,7 +65,13 @@ class GenerateImageArguments(BaseModel):
             description=f"Text prompt describing the image to generate (max {MAX_PROMPT_CHARS} characters)",
         ),
     ]
-    model: Annotated[str, Field(description="AI model key. Use list_models to see all options.")] = ""
+    model: Annotated[
+        str,
+        # bounded like REST's: an unknown key is echoed in the error that names the valid ones
+        Field(
+            max_length=MAX_MODEL_KEY_CHARS, description="AI model key. Use list_models to see all options."
+        ),
+    ] = ""
     width: Annotated[
         int,
         Field(
