@@ -44,6 +44,10 @@ async def test_accounts_tokens_credits_and_ledger(billing_server: BillingServer)
     shown = await run_json(billing_server, "account", "show", "a@example.test")
     assert (shown["account_id"], shown["credits"]) == (account_id, 50)
     assert [t["token_id"] for t in shown["tokens"]] == [created["token_id"]]
+    # the JSON shape operators script against: plain numbers, times to the second, null when unset
+    assert shown["create_time"] == created["create_time"] and shown["create_time"].endswith("+00:00")
+    assert set(shown) == {"account_id", "email", "credits", "reserved_credits", "create_time", "tokens"}
+    assert shown["tokens"][0]["revoke_time"] is None and isinstance(shown["reserved_credits"], int)
     text = await run(billing_server, "account", "show", account_id)
     assert text.exit_code == 0 and "credits   50 (reserved 0)" in text.stdout
     assert created["token"] not in text.stdout

@@ -143,6 +143,7 @@ async def test_the_admin_api_needs_the_admin_token(
     for metadata in ([], [("authorization", "Bearer wrong")], [("authorization", token)]):
         error = await rpc_error(admin_stub.ListAccounts(admin_pb.ListAccountsRequest(), metadata=metadata))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_errors.from_error(error).reason == Reason.ERROR_REASON_INVALID_TOKEN
     after = counter(
         "imagegen_billing_rpc_requests_total",
         service="imagegen.admin.v1.AdminService",

@@ -7,19 +7,22 @@ a missing admin token), never a traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar, cast
 
 import grpc
 import typer
+from google.protobuf import json_format
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegen.admin.v1 import admin_service_pb2 as pb
 from imagegen.admin.v1 import admin_service_pb2_grpc
 from imagegen.billing.v1 import resources_pb2
+from imagegen_common import rpc_errors
 
 app = typer.Typer(help="Administer accounts, tokens and credits.", no_args_is_help=True)
 account_app = typer.Typer(help="Create, show and list accounts.", no_args_is_help=True)
@@ -33,8 +36,9 @@ app.add_typer(token_app, name="token")
 app.add_typer(credits_app, name="credits")
 app.add_typer(webhook_app, name="webhook")
 
-
-_KINDS = {value: name.removeprefix("KIND_").lower() for name, value in resources_pb2.LedgerEntry.Kind.items()}
+Reply = TypeVar("Reply", bound=Message)
+Stub = admin_service_pb2_grpc.AdminServiceStub
+_KIND = resources_pb2.LedgerEntry.Kind.DESCRIPTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +50,27 @@ class Admin:
     as_json: bool
     timeout: float
 
-    def call(self, method: str, request: Message) -> Any:
-        """One AdminService call; exits with one line on stderr when it fails."""
+    def call(self, rpc: Callable[[Stub], Callable[..., Reply]], request: Message) -> Reply:
+        """One AdminService call, ``rpc`` picking the method of the stub (``lambda s: s.GetAccount``);
+        exits with one line on stderr when it fails."""
         if not self.token:
             fail("no admin token: pass --admin-token or set IMAGEGEN_ADMIN_TOKEN", code=2)
         with grpc.insecure_channel(self.address) as channel:
-            stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+            method = rpc(admin_service_pb2_grpc.AdminServiceStub(channel))
             try:
-                return getattr(stub, method)(
+                return method(
                     request, metadata=[("authorization", f"Bearer {self.token}")], timeout=self.timeout
                 )
             except grpc.RpcError as error:
-                fail(self._explain(error))
+                fail(self._explain(rpc_errors.from_error(error)))
 
-    def _explain(self, error: grpc.RpcError) -> str:
-        code: grpc.StatusCode = error.code()
-        details: str = error.details() or code.name.lower()
-        if code is grpc.StatusCode.UNAVAILABLE:
+    def _explain(self, error: rpc_errors.RpcError) -> str:
+        details = error.message or error.code.name.lower()
+        if error.code is grpc.StatusCode.UNAVAILABLE:
             return f"billing at {self.address} is unreachable ({details})"
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        if error.code is grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"billing at {self.address} did not answer within {self.timeout:g}s"
-        if code is grpc.StatusCode.UNAUTHENTICATED:
+        if error.code is grpc.StatusCode.UNAUTHENTICATED:
             return "billing refused the admin token (check --admin-token or IMAGEGEN_ADMIN_TOKEN)"
         return details
 
@@ -122,7 +126,7 @@ def account_create(
     """Create an account and its first API token (the secret is shown once)."""
     admin = _admin(ctx)
     reply: pb.CreateAccountResponse = admin.call(
-        "CreateAccount", pb.CreateAccountRequest(email=email, credits=credits, token_label=label)
+        lambda s: s.CreateAccount, pb.CreateAccountRequest(email=email, credits=credits, token_label=label)
     )
     data = {**_account(reply.account), **_prefixed_token(reply.token), "token": reply.token_secret}
 
@@ -141,7 +145,7 @@ def account_show(
 ) -> None:
     """An account: balance and tokens."""
     admin = _admin(ctx)
-    reply: pb.GetAccountResponse = admin.call("GetAccount", pb.GetAccountRequest(account=account))
+    reply: pb.GetAccountResponse = admin.call(lambda s: s.GetAccount, pb.GetAccountRequest(account=account))
     data = {**_account(reply.account), "tokens": [_token(t) for t in reply.tokens]}
 
     def lines() -> Iterator[str]:
@@ -159,7 +163,7 @@ def account_list(ctx: typer.Context) -> None:
     page_token = ""
     while True:
         reply: pb.ListAccountsResponse = admin.call(
-            "ListAccounts", pb.ListAccountsRequest(page_size=500, page_token=page_token)
+            lambda s: s.ListAccounts, pb.ListAccountsRequest(page_size=500, page_token=page_token)
         )
         accounts.extend(reply.accounts)
         page_token = reply.next_page_token
@@ -182,7 +186,7 @@ def token_issue(
     """Issue a new API token (the secret is shown once)."""
     admin = _admin(ctx)
     reply: pb.IssueTokenResponse = admin.call(
-        "IssueToken", pb.IssueTokenRequest(account=account, label=label)
+        lambda s: s.IssueToken, pb.IssueTokenRequest(account=account, label=label)
     )
 
     def lines() -> Iterator[str]:
@@ -199,7 +203,7 @@ def token_list(
 ) -> None:
     """The tokens of an account (prefixes only; secrets are never stored)."""
     admin = _admin(ctx)
-    reply: pb.ListTokensResponse = admin.call("ListTokens", pb.ListTokensRequest(account=account))
+    reply: pb.ListTokensResponse = admin.call(lambda s: s.ListTokens, pb.ListTokensRequest(account=account))
     admin.show([_token(t) for t in reply.tokens], lambda: _token_lines(reply.tokens))
 
 
@@ -209,7 +213,9 @@ def token_revoke(
 ) -> None:
     """Revoke a token; it stops working at once."""
     admin = _admin(ctx)
-    reply: pb.RevokeTokenResponse = admin.call("RevokeToken", pb.RevokeTokenRequest(token_id=token_id))
+    reply: pb.RevokeTokenResponse = admin.call(
+        lambda s: s.RevokeToken, pb.RevokeTokenRequest(token_id=token_id)
+    )
     admin.show(_token(reply.token), lambda: iter([f"revoked {reply.token.id} ({reply.token.prefix}…)"]))
 
 
@@ -223,7 +229,7 @@ def credits_grant(
     """Add credits to an account, or remove them with a negative amount."""
     admin = _admin(ctx)
     reply: pb.GrantCreditsResponse = admin.call(
-        "GrantCredits", pb.GrantCreditsRequest(account=account, amount=amount, note=note)
+        lambda s: s.GrantCredits, pb.GrantCreditsRequest(account=account, amount=amount, note=note)
     )
     data = {**_account(reply.account), "entry": _entry(reply.entry)}
     admin.show(
@@ -241,13 +247,13 @@ def ledger(
     """An account's ledger, newest first."""
     admin = _admin(ctx)
     reply: pb.ListLedgerEntriesResponse = admin.call(
-        "ListLedgerEntries", pb.ListLedgerEntriesRequest(account=account, page_size=limit)
+        lambda s: s.ListLedgerEntries, pb.ListLedgerEntriesRequest(account=account, page_size=limit)
     )
 
     def lines() -> Iterator[str]:
         for e in reply.entries:
             yield (
-                f"{e.id:>8}  {_time(e.create_time)}  {_KINDS.get(e.kind, '?'):<8} {e.amount:>+8d}  "
+                f"{e.id:>8}  {_time(e.create_time)}  {_enum_label(_KIND, e.kind):<8} {e.amount:>+8d}  "
                 f"balance {e.balance_after:<8d} {e.job_id}  {e.note}".rstrip()
             )
 
@@ -263,7 +269,9 @@ def webhook_set(
     """Set the account's default webhook URL (used by REST requests that name none). The first time,
     it makes the signing secret and prints it once."""
     admin = _admin(ctx)
-    reply: pb.SetWebhookResponse = admin.call("SetWebhook", pb.SetWebhookRequest(account=account, url=url))
+    reply: pb.SetWebhookResponse = admin.call(
+        lambda s: s.SetWebhook, pb.SetWebhookRequest(account=account, url=url)
+    )
 
     def lines() -> Iterator[str]:
         yield from _webhook_lines(reply.settings)
@@ -278,7 +286,7 @@ def webhook_show(
 ) -> None:
     """The account's default webhook URL and whether it has a signing secret (never the secret)."""
     admin = _admin(ctx)
-    reply: pb.GetWebhookResponse = admin.call("GetWebhook", pb.GetWebhookRequest(account=account))
+    reply: pb.GetWebhookResponse = admin.call(lambda s: s.GetWebhook, pb.GetWebhookRequest(account=account))
     admin.show(_webhook(reply.settings), lambda: _webhook_lines(reply.settings))
 
 
@@ -288,7 +296,9 @@ def webhook_clear(
 ) -> None:
     """Remove the default webhook URL (the secret stays, for webhooks that requests name)."""
     admin = _admin(ctx)
-    reply: pb.ClearWebhookResponse = admin.call("ClearWebhook", pb.ClearWebhookRequest(account=account))
+    reply: pb.ClearWebhookResponse = admin.call(
+        lambda s: s.ClearWebhook, pb.ClearWebhookRequest(account=account)
+    )
     admin.show(_webhook(reply.settings), lambda: _webhook_lines(reply.settings))
 
 
@@ -299,7 +309,7 @@ def webhook_rotate_secret(
     """Make a new signing secret and print it once; the old one stops signing at once."""
     admin = _admin(ctx)
     reply: pb.RotateWebhookSecretResponse = admin.call(
-        "RotateWebhookSecret", pb.RotateWebhookSecretRequest(account=account)
+        lambda s: s.RotateWebhookSecret, pb.RotateWebhookSecretRequest(account=account)
     )
 
     def lines() -> Iterator[str]:
@@ -310,12 +320,8 @@ def webhook_rotate_secret(
 
 
 def _webhook(w: resources_pb2.WebhookSettings) -> dict[str, Any]:
-    return {
-        "account_id": w.account_id,
-        "url": w.url or None,
-        "has_secret": w.has_secret,
-        "update_time": _time(w.update_time),
-    }
+    data = _record(w)
+    return {**data, "url": data["url"] or None}
 
 
 def _webhook_lines(w: resources_pb2.WebhookSettings) -> Iterator[str]:
@@ -338,26 +344,41 @@ def _time(stamp: Timestamp) -> str | None:
     return stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds")
 
 
+def _record(message: Message, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A message as the --json output shows it: every field by its proto name, int64 as numbers,
+    times as ISO 8601 to the second (null when unset), enums as lower-case names without prefix."""
+    data = json_format.MessageToDict(
+        message,
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+        unquote_int64_if_possible=True,
+    )
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if isinstance(value, Timestamp):
+            data[field.name] = _time(value) if message.HasField(field.name) else None
+        elif field.enum_type is not None:
+            # The stubs type enum_type as the pure-Python or the upb descriptor; both have the same API.
+            data[field.name] = _enum_label(cast(EnumDescriptor, field.enum_type), value)
+    renames = renames or {}
+    return {renames.get(key, key): value for key, value in data.items()}
+
+
+def _enum_label(enum: EnumDescriptor, number: int) -> str:
+    """``KIND_GRANT`` → ``grant`` (``unspecified`` for a number newer than this build)."""
+    value = enum.values_by_number.get(number)
+    if value is None:
+        return "unspecified"
+    prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
+    return value.name.removeprefix(prefix).lower()
+
+
 def _account(a: resources_pb2.Account) -> dict[str, Any]:
-    return {
-        "account_id": a.id,
-        "email": a.email,
-        "credits": a.credits,
-        "reserved_credits": a.reserved_credits,
-        "create_time": _time(a.create_time),
-    }
+    return _record(a, {"id": "account_id"})
 
 
 def _token(t: resources_pb2.ApiToken) -> dict[str, Any]:
-    return {
-        "token_id": t.id,
-        "account_id": t.account_id,
-        "label": t.label,
-        "prefix": t.prefix,
-        "create_time": _time(t.create_time),
-        "last_used_time": _time(t.last_used_time),
-        "revoke_time": _time(t.revoke_time),
-    }
+    return _record(t, {"id": "token_id"})
 
 
 def _prefixed_token(t: resources_pb2.ApiToken) -> dict[str, Any]:
@@ -365,16 +386,7 @@ def _prefixed_token(t: resources_pb2.ApiToken) -> dict[str, Any]:
 
 
 def _entry(e: resources_pb2.LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "account_id": e.account_id,
-        "kind": _KINDS.get(e.kind, "unspecified"),
-        "amount": e.amount,
-        "balance_after": e.balance_after,
-        "job_id": e.job_id,
-        "note": e.note,
-        "create_time": _time(e.create_time),
-    }
+    return _record(e)
 
 
 def _account_lines(a: resources_pb2.Account) -> Iterator[str]:

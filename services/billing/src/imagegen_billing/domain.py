@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from urllib.parse import urlsplit
 
-#: Longest free text (labels, notes, release reasons) kept in the database.
+#: Longest free text (labels, notes, release details) kept in the database.
 MAX_TEXT_CHARS = 200
 MAX_URL_CHARS = 2048
 MAX_MESSAGE_CHARS = 1000

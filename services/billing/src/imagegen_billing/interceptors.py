@@ -152,7 +152,12 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             return handler
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid admin token")
+            status = rpc_errors.to_status(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid admin token",
+                _REASONS[ErrorReason.INVALID_TOKEN],
+            )
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
 
         return _wrap(handler, refuse)
 

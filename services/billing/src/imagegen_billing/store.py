@@ -77,6 +77,8 @@ def to_token(row: AnyRow) -> ApiToken:
 
 
 def to_reservation(row: AnyRow) -> Reservation:
+    """The reservation of a row; its result and webhook delivery are read by their own functions,
+    the same ones every reader of a reservation row uses."""
     return Reservation(
         job_id=row.job_id,
         account_id=row.account_id,
@@ -94,17 +96,22 @@ def to_reservation(row: AnyRow) -> Reservation:
         ),
         release_reason=ReleaseReason(row.release_reason) if row.release_reason else None,
         release_detail=row.release_detail,
-        result=JobResult(
-            image_url=row.result_image_url,
-            mime_type=row.result_mime_type,
-            width=row.result_width,
-            height=row.result_height,
-            error=JobError(row.result_error_code) if row.result_error_code else None,
-            error_message=row.result_error_message,
-            finish_time=row.result_finish_time,
-        ),
+        result=to_result(row),
         start_time=row.start_time,
         webhook=to_webhook_delivery(row),
+    )
+
+
+def to_result(row: AnyRow) -> JobResult:
+    """The JobResult of a reservation row (the inverse of ``result_values``)."""
+    return JobResult(
+        image_url=row.result_image_url,
+        mime_type=row.result_mime_type,
+        width=row.result_width,
+        height=row.result_height,
+        error=JobError(row.result_error_code) if row.result_error_code else None,
+        error_message=row.result_error_message,
+        finish_time=row.result_finish_time,
     )
 
 
@@ -147,6 +154,7 @@ def to_entry(row: AnyRow) -> LedgerEntry:
 
 
 def reservation_values(reservation: Reservation) -> dict[str, Any]:
+    """The row of a reservation (the inverse of ``to_reservation``)."""
     return {
         "job_id": reservation.job_id,
         "account_id": reservation.account_id,
