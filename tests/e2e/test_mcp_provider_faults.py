@@ -103,7 +103,7 @@ async def test_a_generation_past_the_deadline_is_cancelled_upstream_and_costs_no
     replicate_stack.wait_for(lambda: len(fake.cancels) == 1, what="the prediction's cancellation")
     releases = [e for e in replicate_stack.ledger(account.account_id) if e.kind == LedgerEntry.KIND_RELEASE]
     assert len(releases) == 1  # whoever noticed first (gateway or generator), credits come back once
-    assert releases[0].note in {"timeout", "failed: deadline_exceeded"}
+    assert releases[0].note in {"timeout", "failed"}  # ReleaseReason TIMEOUT, or FAILED (deadline_exceeded)
 
 
 async def test_progress_keeps_arriving_while_a_slow_model_works(

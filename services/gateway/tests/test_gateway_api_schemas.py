@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from imagegen.billing.v1 import resources_pb2
+from imagegen_gateway import wire
 from imagegen_gateway.api.schemas import ModelInfo
-from imagegen_gateway.views import model_view
+from imagegen_gateway.presentation import model_view
 
 
 def test_the_model_schema_has_every_field_of_the_shared_model_view() -> None:
-    view = model_view(resources_pb2.Model(key="m", quality_rating=3, pricing_rating=4), "local")
+    model = wire.model(resources_pb2.Model(key="m", quality_rating=3, pricing_rating=4))
+    view = model_view(model, "local")
     assert set(ModelInfo.model_fields) == set(view)
     assert ModelInfo.model_validate(view).model_dump() == view

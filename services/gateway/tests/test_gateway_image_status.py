@@ -1,4 +1,4 @@
-"""Image status and errors as the REST API reads them from billing's reservation."""
+"""Image status and errors as the REST API reads them from billing's reservation (mapped by ``wire``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegen.billing.v1 import resources_pb2
-from imagegen_gateway.api.views import image
+from imagegen.jobs.v1 import jobs_pb2
+from imagegen_gateway import domain, wire
 from imagegen_gateway.image_status import ImageFailure, ImageStatus, failure_of, status_of
+from imagegen_gateway.presentation import image
 
 Reservation = resources_pb2.Reservation
 
 
-def _reservation(state: Reservation.State.ValueType, **fields: object) -> Reservation:
+def _reservation(state: Reservation.State.ValueType, **fields: object) -> domain.Reservation:
     reservation = Reservation(job_id="img_1", account_id="acc_1", amount=3, state=state, **fields)  # type: ignore[arg-type]
     reservation.create_time.FromSeconds(1_800_000_000)
-    return reservation
+    return wire.reservation(reservation)
 
 
 def _stamp(seconds: int) -> Timestamp:
@@ -33,35 +35,46 @@ def test_the_status_follows_the_reservation() -> None:
 
 
 LATE = "The image was not generated in time; its credits were released."
-REJECTED = resources_pb2.JobResult(error_code="content_rejected", error_message="No.")
+REJECTED = resources_pb2.JobResult(error=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, error_message="No.")
+PROVIDER_ERROR = resources_pb2.JobResult(error=jobs_pb2.ERROR_CODE_PROVIDER_ERROR)
 
 
 @pytest.mark.parametrize(
     ("reason", "result", "failure"),
     [
-        ("failed: content_rejected", REJECTED, ImageFailure("content_rejected", "No.")),
-        ("expired", None, ImageFailure("expired", LATE)),
-        ("timeout", None, ImageFailure("expired", LATE)),
+        (resources_pb2.RELEASE_REASON_FAILED, REJECTED, ImageFailure("content_rejected", "No.")),
+        (resources_pb2.RELEASE_REASON_EXPIRED, None, ImageFailure("expired", LATE)),
+        (resources_pb2.RELEASE_REASON_TIMEOUT, None, ImageFailure("expired", LATE)),
         (
-            "cancelled",
+            resources_pb2.RELEASE_REASON_CANCELLED,
             None,
             ImageFailure("cancelled", "The generation was cancelled; its credits were released."),
         ),
         (
-            "not queued: x",
+            resources_pb2.RELEASE_REASON_NOT_QUEUED,
             None,
             ImageFailure("unavailable", "The job queue was unavailable; no credits were charged."),
         ),
-        ("failed: provider_error", None, ImageFailure("provider_error", "The image could not be generated.")),
-        ("requested", None, ImageFailure("failed", "The image was not generated (requested).")),
+        (
+            resources_pb2.RELEASE_REASON_FAILED,
+            PROVIDER_ERROR,
+            ImageFailure("provider_error", "The image could not be generated."),
+        ),
+        (
+            resources_pb2.RELEASE_REASON_OPERATOR,
+            None,
+            ImageFailure("failed", "The image was not generated (released by an operator)."),
+        ),
     ],
 )
 def test_a_failure_says_why(
-    reason: str, result: resources_pb2.JobResult | None, failure: ImageFailure
+    reason: resources_pb2.ReleaseReason.ValueType,
+    result: resources_pb2.JobResult | None,
+    failure: ImageFailure,
 ) -> None:
-    reservation = _reservation(Reservation.STATE_RELEASED, release_reason=reason)
-    if result is not None:
-        reservation.result.CopyFrom(result)
+    reservation = _reservation(
+        Reservation.STATE_RELEASED, release_reason=reason, release_detail="text is never read", result=result
+    )
     assert failure_of(reservation) == failure
     assert failure_of(_reservation(Reservation.STATE_CAPTURED)) is None
 
@@ -91,5 +104,7 @@ def test_the_image_object() -> None:
         "completed_at": "2027-01-15T08:00:03.000000Z",
         "webhook": None,
     }
-    failed = image(_reservation(Reservation.STATE_RELEASED, release_reason="expired"))
+    failed = image(
+        _reservation(Reservation.STATE_RELEASED, release_reason=resources_pb2.RELEASE_REASON_EXPIRED)
+    )
     assert (failed.url, failed.credits_used, failed.status_name) == (None, 0, "failed")

@@ -9,29 +9,17 @@ from collections.abc import AsyncIterator
 from importlib.metadata import version
 
 from fastapi import FastAPI
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from imagegen_gateway.api import account, models
-from imagegen_gateway.api import images as api_images
-from imagegen_gateway.api.errors import install_error_handlers
+from imagegen_gateway.api import account, files, images, mcp, models, ops
 from imagegen_gateway.api.limits import RestBodyLimit
+from imagegen_gateway.api.responses import install_error_handlers
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
-from imagegen_gateway.routes import images, ops
-from imagegen_gateway.state import Gateway, open_gateway
+from imagegen_gateway.state import open_gateway
 
 log = logging.getLogger(__name__)
 
 VERSION = version("imagegen-gateway")
-
-
-class _McpRoute:
-    """ASGI endpoint of /api/mcp (a class, so that Starlette passes it the raw ASGI call)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway: Gateway = scope["app"].state.gateway
-        await gateway.mcp(scope, receive, send)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -55,11 +43,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
-    app.router.routes.append(Route("/api/mcp", endpoint=_McpRoute(), methods=["GET", "POST", "DELETE"]))
-    app.include_router(api_images.router)
+    # One router module per surface (api/…); the portal and OAuth come as routers of their own.
+    app.router.routes.append(mcp.route)
+    app.include_router(images.router)
     app.include_router(models.router)
     app.include_router(account.router)
-    app.include_router(images.router)
+    app.include_router(files.router)
     app.include_router(ops.router)
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
@@ -72,7 +61,8 @@ The asynchronous REST API: `POST /api/images/generate` answers at once with the 
 images; poll `GET /api/images/{id}` (or receive a webhook) for each image's outcome. Every request
 carries `Authorization: Bearer <API token>` (the same token as MCP). Errors are
 `{"success": false, "error": "<code>", "message": "..."}`, with `errors` by field on 422,
-`required` and `available` on 402 and `retry_after` on 429.
+`required` and `available` on 402 and `retry_after` on 429; a body that cannot be decoded as UTF-8 is
+`400` with `error` `invalid_json`.
 
 Webhooks follow Standard Webhooks: a `POST` of `{"type": "image.completed" | "image.failed",
 "timestamp", "data": <the image object>}` with `webhook-id` (stable per job event),

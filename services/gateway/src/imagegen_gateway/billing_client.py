@@ -1,25 +1,47 @@
-"""The gateway's client of billing's gRPC API: typed calls, deadlines, retries and error mapping."""
+"""The gateway's client of billing's gRPC API: typed calls, deadlines, retries, and billing's refusals
+translated into the gateway's errors in one place (:func:`translate`, applied by :meth:`BillingClient._call`).
+
+Billing sends Google's rich error model (``imagegen_common.rpc_errors``); the translation switches on
+the ``ErrorReason`` of its ``ErrorInfo``, never on a status code's overloaded meaning or message text.
+Only transport failures that carry no reason (UNAVAILABLE, DEADLINE_EXCEEDED) are read by status code.
+Billing's messages are mapped to the gateway's domain types here (via ``wire``); no proto leaves.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
-from imagegen_common import timestamps
-from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
+from imagegen_common import rpc_errors, timestamps
+from imagegen_common.rpc_errors import ErrorReason, RpcError
+from imagegen_gateway import wire
+from imagegen_gateway.authentication import Principal
+from imagegen_gateway.domain import (
+    Account,
+    HeldBatch,
+    JobResult,
+    ModelListing,
+    ReleaseReason,
+    Reservation,
+    ReservationRequest,
+    Settlement,
+    WebhookAttempt,
+    WebhookSettings,
+)
 from imagegen_gateway.errors import (
+    AlreadySettledError,
     GatewayError,
     InsufficientCreditsError,
     InvalidInputError,
     InvalidTokenError,
+    ReservationNotFoundError,
     ServiceUnavailableError,
 )
 
@@ -41,47 +63,54 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+UNAVAILABLE_MESSAGE = "billing is unavailable; please try again shortly"
+#: Field names of billing's requests as the gateway's callers know them (a BadRequest's violations).
+_FIELDS = {"page_token": "cursor"}
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the account behind a valid API token."""
-
-    account_id: str
-    email: str
-    token_id: str
+def _invalid(error: RpcError) -> GatewayError:
+    if error.violations:
+        first = error.violations[0]
+        return InvalidInputError(first.description, field=_FIELDS.get(first.field, first.field))
+    return InvalidInputError(error.message or "the request is invalid")
 
 
-@dataclass(frozen=True, slots=True)
-class ReservationRequest:
-    job_id: str
-    amount: int
-    model: str
-    width: int
-    height: int
-    fingerprint: str = ""
-    webhook_url: str = ""
+def _insufficient(error: RpcError) -> GatewayError:
+    return InsufficientCreditsError(
+        required=error.number(rpc_errors.REQUIRED_CREDITS),
+        available=error.number(rpc_errors.AVAILABLE_CREDITS),
+    )
 
 
-def translate(error: grpc.aio.AioRpcError) -> GatewayError:
-    """Billing's status codes as the gateway's errors."""
-    code, details = error.code(), error.details() or ""
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return InvalidTokenError("invalid or revoked API token")
-    trailing = cast("Sequence[tuple[str, str | bytes]]", error.trailing_metadata() or ())
-    numbers = {key: str(value) for key, value in trailing}
-    if code == grpc.StatusCode.FAILED_PRECONDITION and REQUIRED_CREDITS in numbers:
-        return InsufficientCreditsError(
-            required=int(numbers[REQUIRED_CREDITS]), available=int(numbers[AVAILABLE_CREDITS])
-        )
-    if code in (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ):
-        return InvalidInputError(details)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ServiceUnavailableError("billing is unavailable; please try again shortly")
+_BY_REASON: dict[ErrorReason.ValueType, Callable[[RpcError], GatewayError]] = {
+    ErrorReason.ERROR_REASON_INVALID_TOKEN: lambda _: InvalidTokenError("invalid or revoked API token"),
+    ErrorReason.ERROR_REASON_INSUFFICIENT_CREDITS: _insufficient,
+    ErrorReason.ERROR_REASON_ALREADY_SETTLED: lambda _: AlreadySettledError(
+        "the reservation was already settled"
+    ),
+    ErrorReason.ERROR_REASON_RESERVATION_NOT_FOUND: lambda _: ReservationNotFoundError("no such image"),
+    ErrorReason.ERROR_REASON_JOB_ID_REUSED: lambda _: InvalidInputError(
+        "this idempotency key was already used for a different request; use a new key",
+        field="idempotency_key",
+    ),
+    ErrorReason.ERROR_REASON_MODEL_NOT_FOUND: lambda _: InvalidInputError("unknown model", field="model"),
+    ErrorReason.ERROR_REASON_ACCOUNT_NOT_FOUND: _invalid,
+    ErrorReason.ERROR_REASON_INVALID_ARGUMENT: _invalid,
+}
+#: Failures of the transport itself, which carry no reason: the only ones read by status code.
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def translate(error: RpcError) -> GatewayError:
+    """A refusal of billing (rich error) as the gateway's error."""
+    by_reason = _BY_REASON.get(error.reason)
+    if by_reason is not None:
+        return by_reason(error)
+    if error.reason == ErrorReason.ERROR_REASON_UNSPECIFIED and error.code in _UNREACHABLE:
+        return ServiceUnavailableError(UNAVAILABLE_MESSAGE)
     return GatewayError("billing failed to answer")
 
 
@@ -98,6 +127,13 @@ class BillingClient:
     async def close(self) -> None:
         await self.channel.close(grace=None)
 
+    async def _call(self, rpc: Callable[..., Awaitable[Reply]], request: Any) -> Reply:
+        """Every call of billing goes through here: its deadline and the one error translation."""
+        try:
+            return await rpc(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise translate(rpc_errors.from_error(exc)) from exc
+
     async def serving(self) -> bool:
         try:
             reply = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
@@ -106,21 +142,15 @@ class BillingClient:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def authenticate(self, token: str) -> Principal:
-        try:
-            reply = await self.stub.Authenticate(pb.AuthenticateRequest(token=token), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
+        reply = await self._call(self.stub.Authenticate, pb.AuthenticateRequest(token=token))
         return Principal(account_id=reply.account.id, email=reply.account.email, token_id=reply.token_id)
 
-    async def list_models(self) -> pb.ListModelsResponse:
-        try:
-            return await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
+    async def list_models(self) -> ModelListing:
+        return wire.model_listing(await self._call(self.stub.ListModels, pb.ListModelsRequest()))
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
-    ) -> pb.ReserveBatchResponse:
+    ) -> HeldBatch:
         """Holds credits for every request, or for none (InsufficientCreditsError names the total)."""
         batch = pb.ReserveBatchRequest(
             requests=[
@@ -141,99 +171,75 @@ class BillingClient:
             ]
         )
         try:
-            return await self.stub.ReserveBatch(batch, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            error = translate(exc)
-            if isinstance(error, InsufficientCreditsError):
-                raise InsufficientCreditsError(error.required, error.available, images=len(requests)) from exc
-            raise error from exc
+            reply = await self._call(self.stub.ReserveBatch, batch)
+        except InsufficientCreditsError as exc:  # the same error, worded for the number of images
+            raise InsufficientCreditsError(exc.required, exc.available, images=len(requests)) from exc
+        return HeldBatch(
+            reservations=tuple(wire.reservation(r) for r in reply.reservations),
+            credits=reply.credits,
+            created_job_ids=frozenset(reply.created_job_ids),
+        )
 
-    async def release(
-        self, job_id: str, reason: str, result: resources_pb2.JobResult | None = None
-    ) -> resources_pb2.Reservation | None:
+    async def release(self, job_id: str, reason: ReleaseReason, detail: str = "") -> Reservation | None:
         """Frees a held reservation; returns its state (CAPTURED if the image was already made), or
         None when the job has no reservation."""
-        request = pb.ReleaseRequest(job_id=job_id, reason=reason, result=result)
+        request = pb.ReleaseRequest(job_id=job_id, reason=wire.release_reason_number(reason), detail=detail)
         try:
-            reply = await self.stub.Release(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                return await self.reservation(job_id)
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise translate(exc) from exc
-        return reply.reservation
+            reply = await self._call(self.stub.Release, request)
+        except AlreadySettledError:
+            return await self.reservation(job_id)
+        except ReservationNotFoundError:
+            return None
+        return wire.reservation(reply.reservation)
 
-    async def reservation(self, job_id: str) -> resources_pb2.Reservation:
-        try:
-            reply = await self.stub.GetReservation(
-                pb.GetReservationRequest(job_id=job_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
-        return reply.reservation
+    async def settle(self, job_id: str, result: JobResult) -> Settlement:
+        """Tells billing what a job produced; billing captures or releases its credits (idempotent)."""
+        request = pb.SettleJobRequest(job_id=job_id, result=wire.job_result_message(result))
+        reply = await self._call(self.stub.SettleJob, request)
+        return Settlement(wire.reservation(reply.reservation), wire.settle_outcome(reply.outcome))
 
-    async def find_reservation(self, job_id: str) -> resources_pb2.Reservation | None:
+    async def reservation(self, job_id: str) -> Reservation:
+        reply = await self._call(self.stub.GetReservation, pb.GetReservationRequest(job_id=job_id))
+        return wire.reservation(reply.reservation)
+
+    async def find_reservation(self, job_id: str) -> Reservation | None:
         """The reservation of a job, or None when there is none."""
         try:
-            reply = await self.stub.GetReservation(
-                pb.GetReservationRequest(job_id=job_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise translate(exc) from exc
-        return reply.reservation
-
-    async def capture(self, job_id: str, result: resources_pb2.JobResult) -> resources_pb2.Reservation:
-        """Settles a held reservation as spent; returns its state (RELEASED if it was released first)."""
-        try:
-            reply = await self.stub.Capture(
-                pb.CaptureRequest(job_id=job_id, result=result), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                return await self.reservation(job_id)
-            raise translate(exc) from exc
-        return reply.reservation
+            return await self.reservation(job_id)
+        except ReservationNotFoundError:
+            return None
 
     async def list_reservations(
         self, account_id: str, page_size: int, page_token: str
-    ) -> pb.ListReservationsResponse:
-        """A page of the account's reservations, newest first; a bad page token is InvalidInputError."""
+    ) -> tuple[list[Reservation], str]:
+        """A page of the account's reservations, newest first, and the next page's token ("" at the
+        end); a bad page token is InvalidInputError."""
         request = pb.ListReservationsRequest(
             account_id=account_id, page_size=page_size, page_token=page_token
         )
-        try:
-            return await self.stub.ListReservations(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
+        reply = await self._call(self.stub.ListReservations, request)
+        return [wire.reservation(r) for r in reply.reservations], reply.next_page_token
 
-    async def account(self, account_id: str) -> pb.GetAccountResponse:
+    async def account(self, account_id: str) -> Account:
         """The account with its tokens (prefixes only)."""
-        try:
-            return await self.stub.GetAccount(
-                pb.GetAccountRequest(account_id=account_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
+        reply = await self._call(self.stub.GetAccount, pb.GetAccountRequest(account_id=account_id))
+        return wire.account(reply)
 
-    async def webhook_settings(self, account_id: str) -> pb.GetWebhookSettingsResponse:
+    async def webhook_settings(self, account_id: str) -> WebhookSettings:
         """The account's default webhook URL and signing secret."""
-        try:
-            return await self.stub.GetWebhookSettings(
-                pb.GetWebhookSettingsRequest(account_id=account_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
+        reply = await self._call(
+            self.stub.GetWebhookSettings, pb.GetWebhookSettingsRequest(account_id=account_id)
+        )
+        return wire.webhook_settings(reply)
 
-    async def record_webhook_attempt(
-        self, attempt: resources_pb2.WebhookAttempt, final: bool
-    ) -> resources_pb2.WebhookDelivery:
-        try:
-            reply = await self.stub.RecordWebhookAttempt(
-                pb.RecordWebhookAttemptRequest(attempt=attempt, final=final), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from exc
-        return reply.delivery
+    async def record_webhook_attempt(self, attempt: WebhookAttempt, final: bool) -> None:
+        message = resources_pb2.WebhookAttempt(
+            job_id=attempt.job_id,
+            attempt=attempt.attempt,
+            status_code=attempt.status_code,
+            error=attempt.error,
+            attempt_time=timestamps.from_datetime(attempt.attempt_time),
+        )
+        await self._call(
+            self.stub.RecordWebhookAttempt, pb.RecordWebhookAttemptRequest(attempt=message, final=final)
+        )

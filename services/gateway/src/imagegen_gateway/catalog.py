@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from imagegen.billing.v1 import billing_service_pb2, resources_pb2
-from imagegen_common.catalog import CatalogError, Dimensions, PriceRule, check_input_images
+from imagegen_common.catalog import CatalogError, ReplicateMapping, check_input_images
 from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway.domain import Model, ModelListing
 from imagegen_gateway.errors import InvalidInputError
 
 CACHE_SECONDS = 30.0
@@ -15,16 +16,16 @@ CACHE_SECONDS = 30.0
 class ModelCatalog:
     def __init__(self, billing: BillingClient) -> None:
         self.billing = billing
-        self._cached: billing_service_pb2.ListModelsResponse | None = None
+        self._cached: ModelListing | None = None
         self._fetched_at = 0.0
 
-    async def listing(self) -> billing_service_pb2.ListModelsResponse:
+    async def listing(self) -> ModelListing:
         if self._cached is None or time.monotonic() - self._fetched_at > CACHE_SECONDS:
             self._cached = await self.billing.list_models()
             self._fetched_at = time.monotonic()
         return self._cached
 
-    async def get(self, key: str) -> resources_pb2.Model:
+    async def get(self, key: str) -> Model:
         """The model of ``key`` (the default one when empty); the error names the valid keys."""
         listing = await self.listing()
         wanted = key or listing.default_model
@@ -35,23 +36,20 @@ class ModelCatalog:
         raise InvalidInputError(f"unknown model {wanted!r}; available models: {keys}", field="model")
 
 
-def provider_reference(model: resources_pb2.Model) -> str:
+def provider_reference(model: Model) -> str:
     """``owner/name`` or ``owner/name:version``, as the generator passes it to Replicate."""
-    if model.provider_version:
-        return f"{model.provider_model}:{model.provider_version}"
-    return model.provider_model
+    return ReplicateMapping(model=model.provider_model, version=model.provider_version).reference
 
 
-def check_request(model: resources_pb2.Model, width: int, height: int, input_images: int) -> None:
+def check_request(model: Model, width: int, height: int, input_images: int) -> None:
     """The checks of billing's Quote, made here too so that a refusal names its field.
 
     Raises InvalidInputError with ``field`` ``width``, ``height`` or ``input_images``.
     """
     dims = model.dimensions
     try:
-        Dimensions(dims.min_width, dims.max_width, dims.min_height, dims.max_height, dims.step or 1).check(
-            model.key, width, height
-        )
+        # a step of 0 (unset) means any size in range
+        replace(dims, step=dims.step or 1).check(model.key, width, height)
         check_input_images(
             model.key,
             input_images,
@@ -63,9 +61,8 @@ def check_request(model: resources_pb2.Model, width: int, height: int, input_ima
         raise InvalidInputError(str(exc), field=exc.field) from None
 
 
-def price(model: resources_pb2.Model, width: int, height: int, input_images: int) -> int:
+def price(model: Model, width: int, height: int, input_images: int) -> int:
     """Credits of one image: the request checked against the model, then billing's own price rule
     (the shared pure function), so that no Quote round trip is needed on the hot path."""
     check_request(model, width, height, input_images)
-    rule = model.price_rule
-    return PriceRule(rule.credits_per_megapixel, rule.minimum_credits).credits(width, height)
+    return model.price_rule.credits(width, height)

@@ -73,6 +73,17 @@ class NotFoundError(GatewayError):
     status = HTTPStatus.NOT_FOUND
 
 
+class ReservationNotFoundError(NotFoundError):
+    """Billing holds no reservation for the job id."""
+
+
+class AlreadySettledError(GatewayError):
+    """The reservation was already settled the other way (captured before a release, say)."""
+
+    code = "conflict"
+    status = HTTPStatus.CONFLICT
+
+
 class ConflictError(GatewayError):
     """The request collides with another one still in progress (the same idempotency key)."""
 

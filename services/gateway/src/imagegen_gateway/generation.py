@@ -1,8 +1,10 @@
 """The generation flow that both front ends call: validate → price → reserve → publish → outcome.
 
 Credits are held by billing before a job is queued and settled from the job's outcome event, so a
-gateway that dies mid-wait loses nothing. The gateway also settles what it sees itself (releasing a
-failed or abandoned job at once) so that a client's balance is right when it gets its answer.
+gateway that dies mid-wait loses nothing. The gateway also settles what it sees itself (a failed job
+through ``SettleJob``, an abandoned one through a release) so that a client's balance is right when it
+gets its answer. This module speaks the gateway's domain types; its ports (billing, the job bus, the
+catalog) are Protocols, so that it is tested with small in-memory fakes.
 """
 
 from __future__ import annotations
@@ -15,20 +17,28 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 
-from imagegen.billing.v1 import resources_pb2
-from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import timestamps
 from imagegen_common.ids import new_job_id
 from imagegen_common.logging import prompt_preview
-from imagegen_common.outcomes import error_code_name
-from imagegen_gateway.billing_client import BillingClient, Principal, ReservationRequest
-from imagegen_gateway.catalog import ModelCatalog, price, provider_reference
+from imagegen_gateway.authentication import Principal
+from imagegen_gateway.catalog import price, provider_reference
+from imagegen_gateway.domain import (
+    ErrorCode,
+    HeldBatch,
+    JobResult,
+    Model,
+    ReleaseReason,
+    Reservation,
+    ReservationRequest,
+    ReservationState,
+    Settlement,
+)
 from imagegen_gateway.errors import (
     GatewayError,
     GenerationFailedError,
@@ -36,24 +46,54 @@ from imagegen_gateway.errors import (
     InvalidInputError,
     ServiceUnavailableError,
 )
-from imagegen_gateway.jobs import JobBus
+from imagegen_gateway.jobs import JobSpec, JobUpdate
 from imagegen_gateway.metrics import GENERATION_WAIT, IMAGES_SUBMITTED, WAITS_IN_FLIGHT
 
 log = logging.getLogger(__name__)
 
-Reservation = resources_pb2.Reservation
 #: Called with the stage of a running job ("queued", "generating", "storing") and seconds waited.
 ProgressCallback = Callable[[str, float], Awaitable[None]]
 
-STAGE_NAMES = {
-    jobs_pb2.JobProgress.STAGE_QUEUED: "queued",
-    jobs_pb2.JobProgress.STAGE_GENERATING: "generating",
-    jobs_pb2.JobProgress.STAGE_STORING: "storing",
-}
 NOT_CHARGED = "No credits were charged."
-DEADLINE_EXCEEDED = error_code_name(jobs_pb2.ERROR_CODE_DEADLINE_EXCEEDED)
+_RELEASE_WORDS = {
+    ReleaseReason.EXPIRED: "it expired",
+    ReleaseReason.TIMEOUT: "it timed out",
+    ReleaseReason.CANCELLED: "it was cancelled",
+    ReleaseReason.NOT_QUEUED: "it could not be queued",
+    ReleaseReason.OPERATOR: "an operator released it",
+}
 #: The longest prompt either front end takes (and the hosted API documents).
 MAX_PROMPT_CHARS = 1024
+
+
+class Billing(Protocol):
+    """What the generation flow asks of billing (``BillingClient``)."""
+
+    async def reserve(
+        self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
+    ) -> HeldBatch: ...
+
+    async def release(self, job_id: str, reason: ReleaseReason, detail: str = "") -> Reservation | None: ...
+
+    async def settle(self, job_id: str, result: JobResult) -> Settlement: ...
+
+    async def reservation(self, job_id: str) -> Reservation: ...
+
+
+class Jobs(Protocol):
+    """The job queue (``JobBus``)."""
+
+    def watch(self, job_id: str) -> AbstractContextManager[asyncio.Queue[JobUpdate]]: ...
+
+    async def publish(self, spec: JobSpec) -> None: ...
+
+    async def cancel(self, job_id: str, reason: ReleaseReason) -> None: ...
+
+
+class Catalog(Protocol):
+    """Billing's model catalog (``ModelCatalog``)."""
+
+    async def get(self, key: str) -> Model: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +122,7 @@ class Submission:
     width: int
     height: int
     credits: int
-    reservation: resources_pb2.Reservation
+    reservation: Reservation
     deadline: datetime
     #: The account's credits right after the reservation (its cost already taken).
     credits_remaining: int
@@ -91,7 +131,7 @@ class Submission:
     owned: bool
 
     @property
-    def state(self) -> resources_pb2.Reservation.State.ValueType:
+    def state(self) -> ReservationState:
         return self.reservation.state
 
 
@@ -112,18 +152,19 @@ def idempotent_job_id(account_id: str, key: str, index: int = 0) -> str:
     return "img_" + base64.b32encode(digest).decode().rstrip("=").lower()
 
 
-def failure_of(result: resources_pb2.JobResult, fallback: str) -> GenerationFailedError:
+def failure_of(result: JobResult, fallback: str) -> GenerationFailedError:
     message = result.error_message or fallback
-    return GenerationFailedError(result.error_code or "failed", f"{message} {NOT_CHARGED}")
+    code = result.error or ErrorCode.UNSPECIFIED
+    return GenerationFailedError(code.value, f"{message} {NOT_CHARGED}")
 
 
 class Generations:
     def __init__(
         self,
         *,
-        billing: BillingClient,
-        bus: JobBus,
-        catalog: ModelCatalog,
+        billing: Billing,
+        bus: Jobs,
+        catalog: Catalog,
         job_timeout: float,
         reservation_grace: float,
         poll_interval: float,
@@ -169,7 +210,7 @@ class Generations:
         created = set(held.created_job_ids)
         submissions = []
         for reservation in held.reservations:
-            if reservation.details.request_fingerprint != fingerprint:
+            if reservation.request_fingerprint != fingerprint:
                 raise InvalidInputError(
                     "this idempotency key was already used for a different request; use a new key",
                     field="idempotency_key",
@@ -182,7 +223,7 @@ class Generations:
                     height=request.height,
                     credits=reservation.amount,
                     reservation=reservation,
-                    deadline=reservation.expire_time.ToDatetime(UTC) - self.reservation_grace,
+                    deadline=reservation.expire_time - self.reservation_grace,
                     credits_remaining=held.credits,
                     owned=reservation.job_id in created,
                 )
@@ -198,7 +239,7 @@ class Generations:
             # all cancelled, so that no generator makes them, then give every credit back.
             log.error("could not queue jobs", extra={"error": repr(exc)})
             for submission in queued:
-                await self._abandon(submission.job_id, "not queued: job queue unavailable")
+                await self._abandon(submission.job_id, ReleaseReason.NOT_QUEUED)
             raise ServiceUnavailableError(
                 f"the job queue is unavailable; please try again shortly. {NOT_CHARGED}"
             ) from exc
@@ -220,13 +261,13 @@ class Generations:
         self,
         principal: Principal,
         request: ImageRequest,
-        model: resources_pb2.Model,
+        model: Model,
         submission: Submission,
         reply: bool,
         *,
         notify_webhook: bool,
-    ) -> jobs_pb2.GenerationJob:
-        return jobs_pb2.GenerationJob(
+    ) -> JobSpec:
+        return JobSpec(
             job_id=submission.job_id,
             account_id=principal.account_id,
             model=model.key,
@@ -235,11 +276,10 @@ class Generations:
             negative_prompt=request.negative_prompt,
             width=request.width,
             height=request.height,
-            input_image_urls=list(request.input_image_urls),
-            deadline=timestamps.from_datetime(submission.deadline),
-            reply_subject=self.bus.reply_subject(submission.job_id) if reply else "",
+            input_image_urls=request.input_image_urls,
+            deadline=submission.deadline,
             submit_time=submission.reservation.create_time,
-            report_start=not reply,  # nobody waits on a reply: the submitter polls the status
+            reply=reply,
             notify_webhook=notify_webhook,
         )
 
@@ -263,7 +303,7 @@ class Generations:
                 # Cancelled while holding the credits or queueing: free them, unless the job id is an
                 # idempotency key's (then the reservation may be a first call's, still running).
                 if not idempotency_key:
-                    await self._in_background(self._abandon(job_id, "cancelled"))
+                    await self._in_background(self._abandon(job_id, ReleaseReason.CANCELLED))
                 raise
             started = time.perf_counter()
             try:
@@ -271,20 +311,19 @@ class Generations:
                     result = await self._wait(submission, updates, on_progress)
                 GENERATION_WAIT.labels(frontend=frontend).observe(time.perf_counter() - started)
             except GenerationTimeoutError:
-                made_anyway = await self._abandon(job_id, "timeout") if submission.owned else None
+                made_anyway = await self._abandon(job_id, ReleaseReason.TIMEOUT) if submission.owned else None
                 if made_anyway is None:
                     raise self._timed_out() from None
                 result = made_anyway
             except BaseException:  # the client went away (cancellation) or we failed: free the credits
                 if submission.owned:
-                    await self._in_background(self._abandon(job_id, "cancelled"))
+                    await self._in_background(self._abandon(job_id, ReleaseReason.CANCELLED))
                 raise
-        if result.image_url:
+        if result.succeeded:
             return await self._delivered(principal, submission, result)
-        await self._in_background(
-            self.billing.release(submission.job_id, f"failed: {result.error_code}", result)
-        )
-        if result.error_code == DEADLINE_EXCEEDED:  # the generator saw the deadline pass before we did
+        # billing decides what the failure means for the credits (it releases them)
+        await self._in_background(self.billing.settle(submission.job_id, result))
+        if result.error is ErrorCode.DEADLINE_EXCEEDED:  # the generator saw the deadline pass first
             raise self._timed_out()
         raise failure_of(result, "the image could not be generated.")
 
@@ -310,7 +349,7 @@ class Generations:
             log.error("settling a job failed", exc_info=task.exception())
 
     async def _delivered(
-        self, principal: Principal, submission: Submission, result: resources_pb2.JobResult
+        self, principal: Principal, submission: Submission, result: JobResult
     ) -> DeliveredImage:
         return DeliveredImage(
             image_id=submission.job_id,
@@ -322,7 +361,7 @@ class Generations:
             credits_remaining=submission.credits_remaining,
         )
 
-    async def _abandon(self, job_id: str, reason: str) -> resources_pb2.JobResult | None:
+    async def _abandon(self, job_id: str, reason: ReleaseReason) -> JobResult | None:
         """Cancels the job and frees its credits; returns its result if the image was made anyway.
         A job that has no reservation (it was never held) is left alone."""
         try:
@@ -332,8 +371,9 @@ class Generations:
         reservation = await self.billing.release(job_id, reason)
         if (
             reservation is not None
-            and reservation.state == Reservation.STATE_CAPTURED
-            and reservation.result.image_url
+            and reservation.state is ReservationState.CAPTURED
+            and reservation.result is not None
+            and reservation.result.succeeded
         ):
             return reservation.result
         return None
@@ -341,15 +381,15 @@ class Generations:
     async def _wait(
         self,
         submission: Submission,
-        updates: asyncio.Queue[jobs_pb2.JobUpdate],
+        updates: asyncio.Queue[JobUpdate],
         on_progress: ProgressCallback | None,
-    ) -> resources_pb2.JobResult:
+    ) -> JobResult:
         """The job's result, from its reply subject or, as a fallback, from billing's record of it.
 
         Core NATS delivers a reply at most once; a repeat of an idempotent request waits for a job
         that replies elsewhere. Asking billing every poll interval covers both.
         """
-        if submission.state != Reservation.STATE_HELD:
+        if submission.state is not ReservationState.HELD:
             return self._settled_result(submission.reservation)
         started = time.monotonic()
         stage = "queued"
@@ -363,36 +403,20 @@ class Generations:
                 update = await asyncio.wait_for(updates.get(), timeout=min(self.poll_interval, remaining))
             except TimeoutError:
                 reservation = await self.billing.reservation(submission.job_id)
-                if reservation.state != Reservation.STATE_HELD:
+                if reservation.state is not ReservationState.HELD:
                     return self._settled_result(reservation)
             else:
-                if update.HasField("outcome"):
-                    return result_of(update.outcome)
-                stage = STAGE_NAMES.get(update.progress.stage, stage)
+                if isinstance(update, JobResult):
+                    return update
+                stage = update.stage or stage
             if on_progress:
                 await on_progress(stage, time.monotonic() - started)
 
     @staticmethod
-    def _settled_result(reservation: resources_pb2.Reservation) -> resources_pb2.JobResult:
-        if reservation.state == Reservation.STATE_CAPTURED and reservation.result.image_url:
-            return reservation.result
-        if reservation.result.error_code:
-            return reservation.result
-        reason = reservation.release_reason or "the job did not finish"
-        return resources_pb2.JobResult(
-            error_code="failed", error_message=f"The image was not generated ({reason})."
-        )
-
-
-def result_of(outcome: jobs_pb2.JobOutcome) -> resources_pb2.JobResult:
-    """A job outcome in the shape billing keeps it."""
-    result = resources_pb2.JobResult(finish_time=outcome.finish_time)
-    if outcome.HasField("image"):
-        result.image_url = outcome.image.url
-        result.mime_type = outcome.image.mime_type
-        result.width = outcome.image.width
-        result.height = outcome.image.height
-    else:
-        result.error_code = error_code_name(outcome.failure.code)
-        result.error_message = outcome.failure.message
-    return result
+    def _settled_result(reservation: Reservation) -> JobResult:
+        """The result of a job that billing settled before this wait saw its outcome."""
+        result = reservation.result
+        if result is not None and (result.succeeded or result.error is not None):
+            return result
+        why = _RELEASE_WORDS.get(reservation.release_reason, "the job did not finish")
+        return JobResult(error=ErrorCode.UNSPECIFIED, error_message=f"The image was not generated ({why}).")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from imagegen.billing.v1 import resources_pb2
-
-Reservation = resources_pb2.Reservation
+from imagegen_gateway.domain import ErrorCode, ReleaseReason, Reservation, ReservationState
 
 
 class ImageStatus(enum.IntEnum):
@@ -27,34 +25,38 @@ class ImageFailure:
     message: str
 
 
-def status_of(reservation: resources_pb2.Reservation) -> ImageStatus:
-    if reservation.state == Reservation.STATE_CAPTURED:
+def status_of(reservation: Reservation) -> ImageStatus:
+    if reservation.state is ReservationState.CAPTURED:
         return ImageStatus.COMPLETED
-    if reservation.state == Reservation.STATE_RELEASED:
+    if reservation.state is ReservationState.RELEASED:
         return ImageStatus.FAILED
-    return ImageStatus.PROCESSING if reservation.HasField("start_time") else ImageStatus.QUEUED
+    return ImageStatus.PROCESSING if reservation.start_time is not None else ImageStatus.QUEUED
 
 
-#: Release reasons that did not come from a job's outcome, as error codes and sentences.
-_RELEASES = (
-    ("expired", "expired", "The image was not generated in time; its credits were released."),
-    ("timeout", "expired", "The image was not generated in time; its credits were released."),
-    ("cancel", "cancelled", "The generation was cancelled; its credits were released."),
-    ("not queued", "unavailable", "The job queue was unavailable; no credits were charged."),
-)
+_NOT_IN_TIME = ImageFailure("expired", "The image was not generated in time; its credits were released.")
+_NOT_GENERATED = "The image could not be generated."
+#: Releases that did not come from a job's outcome, as error codes and sentences.
+_RELEASES: dict[ReleaseReason, ImageFailure] = {
+    ReleaseReason.EXPIRED: _NOT_IN_TIME,
+    ReleaseReason.TIMEOUT: _NOT_IN_TIME,
+    ReleaseReason.CANCELLED: ImageFailure(
+        "cancelled", "The generation was cancelled; its credits were released."
+    ),
+    ReleaseReason.NOT_QUEUED: ImageFailure(
+        "unavailable", "The job queue was unavailable; no credits were charged."
+    ),
+    ReleaseReason.OPERATOR: ImageFailure("failed", "The image was not generated (released by an operator)."),
+    ReleaseReason.FAILED: ImageFailure(ErrorCode.UNSPECIFIED.value, _NOT_GENERATED),
+}
 
 
-def failure_of(reservation: resources_pb2.Reservation) -> ImageFailure | None:
+def failure_of(reservation: Reservation) -> ImageFailure | None:
     """Why an image failed (None unless it did): the job's error, or why its credits were released."""
     if status_of(reservation) is not ImageStatus.FAILED:
         return None
     result = reservation.result
-    if result.error_code:
-        return ImageFailure(result.error_code, result.error_message or "The image could not be generated.")
-    reason = reservation.release_reason
-    for marker, code, message in _RELEASES:
-        if marker in reason.lower():
-            return ImageFailure(code, message)
-    if reason.startswith("failed: "):
-        return ImageFailure(reason.removeprefix("failed: ") or "failed", "The image could not be generated.")
-    return ImageFailure("failed", f"The image was not generated ({reason or 'released'}).")
+    if result is not None and result.error is not None:
+        return ImageFailure(result.error.value, result.error_message or _NOT_GENERATED)
+    return _RELEASES.get(
+        reservation.release_reason, ImageFailure("failed", "The image was not generated (released).")
+    )

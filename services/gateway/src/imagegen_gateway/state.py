@@ -14,16 +14,16 @@ from imagegen_common import nats_names
 from imagegen_common.images import ImageStore, open_image_store
 from imagegen_common.jetstream import ensure_key_value
 from imagegen_common.safe_fetch import FetchPolicy, SafeFetcher
-from imagegen_gateway.auth import Authenticator
+from imagegen_gateway.authentication import Authenticator
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.generation import Generations
+from imagegen_gateway.generators import GeneratorRegistry
 from imagegen_gateway.idempotency import IdempotencyKeys
 from imagegen_gateway.jobs import JobBus
-from imagegen_gateway.mcp_tools import ImagegenTools, build_server
-from imagegen_gateway.mcp_transport import McpEndpoint
-from imagegen_gateway.providers import ProviderRegistry
+from imagegen_gateway.mcp_server.tools import ImagegenTools, build_server
+from imagegen_gateway.mcp_server.transport import McpEndpoint
 from imagegen_gateway.ratelimit import RateLimiter
 from imagegen_gateway.webhooks.dispatcher import WebhookDispatcher
 from imagegen_gateway.webhooks.sender import WebhookSender
@@ -42,7 +42,7 @@ class Gateway:
     bus: JobBus
     images: ImageStore
     catalog: ModelCatalog
-    providers: ProviderRegistry
+    generators: GeneratorRegistry
     authenticator: Authenticator
     generations: Generations
     mcp: McpEndpoint
@@ -70,7 +70,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         bus = JobBus(nc, settings.nats_stream_replicas)
         await bus.start()
         catalog = ModelCatalog(billing)
-        providers = ProviderRegistry(nc.jetstream(), settings.nats_stream_replicas)
+        generators = GeneratorRegistry(nc.jetstream(), settings.nats_stream_replicas)
         authenticator = Authenticator(billing, settings.auth_cache_seconds)
         generations = Generations(
             billing=billing,
@@ -80,7 +80,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
             reservation_grace=settings.reservation_grace_seconds,
             poll_interval=settings.progress_interval_seconds,
         )
-        tools = ImagegenTools(generations, catalog, providers)
+        tools = ImagegenTools(generations, catalog, generators)
         mcp = McpEndpoint(
             build_server(tools, version),
             authenticator,
@@ -119,7 +119,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
                     bus,
                     images,
                     catalog,
-                    providers,
+                    generators,
                     authenticator,
                     generations,
                     mcp,

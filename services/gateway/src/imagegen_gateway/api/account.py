@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from imagegen_gateway.api import views
+from imagegen_gateway import presentation
 from imagegen_gateway.api.deps import Caller, GatewayDep
-from imagegen_gateway.api.errors import COMMON_RESPONSES, ApiRoute
+from imagegen_gateway.api.responses import COMMON_RESPONSES, ApiRoute
 from imagegen_gateway.api.schemas import AccountResponse
 
 router = APIRouter(prefix="/api", tags=["account"], route_class=ApiRoute)
@@ -26,4 +26,4 @@ router = APIRouter(prefix="/api", tags=["account"], route_class=ApiRoute)
 async def get_account(gateway: GatewayDep, principal: Caller) -> AccountResponse:
     reply = await gateway.billing.account(principal.account_id)
     webhook = await gateway.billing.webhook_settings(principal.account_id)
-    return AccountResponse(success=True, account=views.account(reply, webhook.settings))
+    return AccountResponse(success=True, account=presentation.account(reply, webhook))

@@ -1,4 +1,5 @@
-"""Dependencies of the REST routes: the caller (bearer token) and the generate quota."""
+"""The routes' dependencies as ``Annotated`` aliases: the gateway's parts (``GatewayDep``), the caller
+(``Caller``, from the bearer token) and the generate quota (``GenerateQuota``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import nats.errors
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from imagegen_gateway.billing_client import Principal
-from imagegen_gateway.deps import gateway_of
+from imagegen_gateway.authentication import Principal
 from imagegen_gateway.errors import RateLimitedError, ServiceUnavailableError
 from imagegen_gateway.metrics import RATE_LIMITED
 from imagegen_gateway.ratelimit import RateDecision
@@ -25,18 +25,30 @@ bearer = HTTPBearer(
 )
 
 
+def gateway_of(request: Request) -> Gateway:
+    """The gateway's long-lived parts, built by the app's lifespan."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+
+
 async def authenticated(
-    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    request: Request,
+    gateway: GatewayDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
     """The caller; InvalidTokenError (401) for a missing, unknown or revoked token."""
-    return await gateway_of(request).authenticator.from_headers(request.headers)
+    return await gateway.authenticator.from_headers(request.headers)
 
 
-async def generate_quota(
-    request: Request, principal: Annotated[Principal, Depends(authenticated)]
-) -> RateDecision | None:
+Caller = Annotated[Principal, Depends(authenticated)]
+
+
+async def generate_quota(gateway: GatewayDep, principal: Caller) -> RateDecision | None:
     """Counts a generate request against its token's quota; 429 when it is spent (None: no limit)."""
-    limiter = gateway_of(request).rate_limiter
+    limiter = gateway.rate_limiter
     if not limiter.enabled:
         return None
     try:
@@ -55,6 +67,4 @@ async def generate_quota(
     return decision
 
 
-GatewayDep = Annotated[Gateway, Depends(gateway_of)]
-Caller = Annotated[Principal, Depends(authenticated)]
 GenerateQuota = Annotated[RateDecision | None, Depends(generate_quota)]

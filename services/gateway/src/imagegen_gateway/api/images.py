@@ -9,11 +9,13 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse
 
 from imagegen_common.ids import new_job_id
-from imagegen_gateway.api import views
+from imagegen_common.images import InvalidImageName, check_image_id
+from imagegen_gateway import presentation
 from imagegen_gateway.api.deps import Caller, GatewayDep, GenerateQuota
-from imagegen_gateway.api.errors import (
+from imagegen_gateway.api.responses import (
     COMMON_RESPONSES,
     CONFLICT,
+    INVALID_JSON,
     NOT_FOUND,
     PAYLOAD_TOO_LARGE,
     PAYMENT_REQUIRED,
@@ -27,7 +29,7 @@ from imagegen_gateway.api.schemas import (
     ImageListResponse,
     ImageResponse,
 )
-from imagegen_gateway.billing_client import Principal
+from imagegen_gateway.authentication import Principal
 from imagegen_gateway.errors import InvalidInputError, NotFoundError
 from imagegen_gateway.generation import ImageRequest, idempotent_job_id
 from imagegen_gateway.idempotency import MAX_KEY_CHARS, Answer, fingerprint
@@ -46,6 +48,8 @@ STATUS_TABLE = """
 """
 NOT_FOUND_MESSAGE = "No image with this id."
 MAX_CURSOR_CHARS = 512
+#: Longer than any image id (``img_`` and 26 characters); a longer one is refused before any lookup.
+MAX_IMAGE_ID_CHARS = 96
 
 
 @router.post(
@@ -73,6 +77,7 @@ MAX_CURSOR_CHARS = 512
                 },
             },
         },
+        400: INVALID_JSON,
         402: PAYMENT_REQUIRED,
         409: CONFLICT,
         413: PAYLOAD_TOO_LARGE,
@@ -134,7 +139,7 @@ async def _submit(
     submissions = await gateway.generations.submit(
         principal, request, job_ids, reply=False, webhook_url=webhook_url, frontend="rest"
     )
-    images = [views.queued_image(s.reservation) for s in submissions]
+    images = [presentation.queued_image(s.reservation) for s in submissions]
     answer = GenerateResponse(
         success=True, images=images, message=f"{len(images)} image(s) queued for generation"
     )
@@ -150,14 +155,21 @@ async def _submit(
     responses={404: NOT_FOUND, **COMMON_RESPONSES},
 )
 async def get_image(
-    image_id: Annotated[str, Path(description="The image's id, from the generate answer.")],
+    image_id: Annotated[
+        str,
+        Path(max_length=MAX_IMAGE_ID_CHARS, description="The image's id, from the generate answer."),
+    ],
     gateway: GatewayDep,
     principal: Caller,
 ) -> ImageResponse:
+    try:
+        check_image_id(image_id)  # not even the shape of an id: no need to ask billing
+    except InvalidImageName:
+        raise NotFoundError(NOT_FOUND_MESSAGE) from None
     reservation = await gateway.billing.find_reservation(image_id)
     if reservation is None or reservation.account_id != principal.account_id:
         raise NotFoundError(NOT_FOUND_MESSAGE)  # another account's image is no image at all
-    return ImageResponse(success=True, image=views.image(reservation))
+    return ImageResponse(success=True, image=presentation.image(reservation))
 
 
 @router.get(
@@ -178,11 +190,13 @@ async def list_images(
     ] = None,
 ) -> ImageListResponse:
     try:
-        page = await gateway.billing.list_reservations(principal.account_id, limit, cursor or "")
+        reservations, next_page = await gateway.billing.list_reservations(
+            principal.account_id, limit, cursor or ""
+        )
     except InvalidInputError as exc:
         raise InvalidInputError("The cursor is not one this API gave out.", field="cursor") from exc
     return ImageListResponse(
         success=True,
-        images=[views.image(r) for r in page.reservations],
-        next_cursor=page.next_page_token or None,
+        images=[presentation.image(r) for r in reservations],
+        next_cursor=next_page or None,
     )

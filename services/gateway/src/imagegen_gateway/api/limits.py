@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagegen_gateway.api.errors import error_body
+from imagegen_gateway.api.responses import error_response
 
 PREFIX = "/api/"
 EXEMPT = ("/api/mcp",)
@@ -26,8 +25,7 @@ class RestBodyLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            body = error_body("payload_too_large", self._message())
-            await JSONResponse(body, status_code=413)(scope, receive, send)
+            await error_response(413, "payload_too_large", self._message())(scope, receive, send)
             return
         received = 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from imagegen_gateway.api.deps import Caller, GatewayDep
-from imagegen_gateway.api.errors import COMMON_RESPONSES, ApiRoute
+from imagegen_gateway.api.responses import COMMON_RESPONSES, ApiRoute
 from imagegen_gateway.api.schemas import ModelInfo, ModelsResponse
-from imagegen_gateway.views import model_view
+from imagegen_gateway.presentation import model_view
 
 router = APIRouter(prefix="/api", tags=["models"], route_class=ApiRoute)
 
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api", tags=["models"], route_class=ApiRoute)
 )
 async def list_models(gateway: GatewayDep, principal: Caller) -> ModelsResponse:
     listing = await gateway.catalog.listing()
-    served_by = await gateway.providers.served_by()
+    served_by = await gateway.generators.served_by()
     return ModelsResponse(
         success=True,
         models=[ModelInfo.model_validate(model_view(model, served_by)) for model in listing.models],

@@ -2,21 +2,24 @@
 gateway replica, that posts each REST job's outcome to its webhook.
 
 For every outcome it reads the job's reservation; a job without a webhook (or whose webhook is done)
-is acked at once. Otherwise it settles the reservation from the outcome if billing has not yet (the
-same idempotent capture or release as billing's settlement, so that the webhook and
-``GET /api/images/{id}`` agree), signs the image object and POSTs it. Every attempt is recorded in
-billing. A failed attempt is nak'ed with the next delay of the retry schedule (hours in all); the last
-one, or a URL the guard refuses, ends the delivery as failed. A replica that dies mid-delivery leaves
-the message unacked: another one takes it after the ack wait.
+is acked at once. Otherwise it settles the job from the outcome if billing has not yet (``SettleJob``,
+the same idempotent call as billing's settlement consumer: billing decides what the outcome means for
+the credits, so that the webhook and ``GET /api/images/{id}`` agree), signs the image object and POSTs
+it. Which of these to do is a pure function of the reservation (:func:`next_step`). Every attempt is
+recorded in billing. A failed attempt is nak'ed with the next delay of the retry schedule (hours in
+all); the last one, or a URL the guard refuses, ends the delivery as failed. A replica that dies
+mid-delivery leaves the message unacked: another one takes it after the ack wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
 import nats.errors
 from google.protobuf.message import DecodeError
@@ -24,21 +27,26 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from imagegen.billing.v1 import resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names, timestamps
+from imagegen_common import nats_names
 from imagegen_common.jetstream import SlotPuller, ensure_stream
-from imagegen_gateway.api.views import image
-from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway import wire
+from imagegen_gateway.domain import (
+    JobResult,
+    Reservation,
+    ReservationState,
+    Settlement,
+    WebhookAttempt,
+    WebhookSettings,
+    WebhookState,
+)
 from imagegen_gateway.errors import GatewayError
-from imagegen_gateway.generation import result_of
 from imagegen_gateway.metrics import WEBHOOK_DELIVERIES, WEBHOOK_DURATION
+from imagegen_gateway.presentation import image
 from imagegen_gateway.webhooks.sender import SendResult, WebhookSender
 from imagegen_gateway.webhooks.signing import COMPLETED, FAILED, message_body, message_id, signed_headers
 
 log = logging.getLogger(__name__)
-
-Reservation = resources_pb2.Reservation
 #: Wait before a message whose handling failed on our side (billing unreachable) is tried again,
 #: doubled for every delivery of the message, up to the maximum.
 INTERNAL_RETRY_SECONDS = 5.0
@@ -56,6 +64,39 @@ def retry_delay(attempt: int, delays: Sequence[float]) -> float | None:
 def internal_retry_delay(deliveries: int) -> float:
     """Seconds before a message that failed on our side is tried again (its ``deliveries`` so far)."""
     return min(INTERNAL_RETRY_MAX_SECONDS, INTERNAL_RETRY_SECONDS * 2.0 ** min(deliveries - 1, 10))
+
+
+class Step(enum.Enum):
+    """What to do with a job's outcome, given its reservation."""
+
+    #: No webhook, or its delivery is over: ack.
+    SKIP = enum.auto()
+    #: Billing has not settled the job yet: settle it from the outcome first.
+    SETTLE = enum.auto()
+    #: Settled: post the event.
+    DELIVER = enum.auto()
+
+
+def next_step(reservation: Reservation | None) -> Step:
+    if (
+        reservation is None
+        or reservation.webhook is None
+        or reservation.webhook.state is not WebhookState.PENDING
+    ):
+        return Step.SKIP
+    return Step.SETTLE if reservation.state is ReservationState.HELD else Step.DELIVER
+
+
+class DispatcherBilling(Protocol):
+    """What the dispatcher asks of billing (``BillingClient``)."""
+
+    async def find_reservation(self, job_id: str) -> Reservation | None: ...
+
+    async def settle(self, job_id: str, result: JobResult) -> Settlement: ...
+
+    async def webhook_settings(self, account_id: str) -> WebhookSettings: ...
+
+    async def record_webhook_attempt(self, attempt: WebhookAttempt, final: bool) -> None: ...
 
 
 def consumer_config(ack_wait_seconds: float, max_attempts: int) -> ConsumerConfig:
@@ -76,7 +117,7 @@ class WebhookDispatcher:
     def __init__(
         self,
         js: JetStreamContext,
-        billing: BillingClient,
+        billing: DispatcherBilling,
         sender: WebhookSender,
         *,
         retry_delays: Sequence[float],
@@ -147,29 +188,29 @@ class WebhookDispatcher:
             await msg.ack()
             return
         reservation = await self._billing.find_reservation(outcome.job_id)
-        if (
-            reservation is None
-            or not reservation.HasField("webhook")
-            or reservation.webhook.state != resources_pb2.WebhookDelivery.STATE_PENDING
-        ):
-            await msg.ack()
-            return
-        if reservation.state == Reservation.STATE_HELD:
-            reservation = await self._settle(reservation, outcome)
-            if reservation.state == Reservation.STATE_HELD:  # billing's settlement will do it: wait
+        step = next_step(reservation)
+        if step is Step.SETTLE and reservation is not None:
+            reservation = (
+                await self._billing.settle(outcome.job_id, wire.outcome_result(outcome))
+            ).reservation
+            step = next_step(reservation)
+            if step is Step.SETTLE:  # still held (billing did not settle it): try again later
                 await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
                 return
+        if step is Step.SKIP or reservation is None or reservation.webhook is None:
+            await msg.ack()
+            return
         attempt = reservation.webhook.attempt_count + 1
-        event_type = COMPLETED if reservation.state == Reservation.STATE_CAPTURED else FAILED
-        result = await self._send(reservation, outcome, event_type)
+        event_type = COMPLETED if reservation.state is ReservationState.CAPTURED else FAILED
+        result = await self._send(reservation, reservation.webhook.url, outcome, event_type)
         delay = None if result.delivered or result.refused else retry_delay(attempt, self._delays)
         await self._billing.record_webhook_attempt(
-            resources_pb2.WebhookAttempt(
+            WebhookAttempt(
                 job_id=reservation.job_id,
                 attempt=attempt,
                 status_code=result.status_code,
                 error=result.error,
-                attempt_time=timestamps.now(),
+                attempt_time=datetime.now(UTC),
             ),
             final=delay is None,
         )
@@ -190,36 +231,21 @@ class WebhookDispatcher:
         else:
             await msg.nak(delay=delay)
 
-    async def _settle(
-        self, reservation: resources_pb2.Reservation, outcome: jobs_pb2.JobOutcome
-    ) -> resources_pb2.Reservation:
-        """Billing's settlement of the outcome, done now (idempotent on the job id)."""
-        try:
-            result = result_of(outcome)
-        except ValueError:  # an error code newer than this gateway: left to billing's settlement
-            return reservation
-        if outcome.HasField("image"):
-            return await self._billing.capture(reservation.job_id, result)
-        released = await self._billing.release(reservation.job_id, f"failed: {result.error_code}", result)
-        return released or reservation
-
     async def _send(
-        self, reservation: resources_pb2.Reservation, outcome: jobs_pb2.JobOutcome, event_type: str
+        self, reservation: Reservation, url: str, outcome: jobs_pb2.JobOutcome, event_type: str
     ) -> SendResult:
         signing = await self._billing.webhook_settings(reservation.account_id)
         if not signing.signing_secret:
             return SendResult(0, "the account has no webhook signing secret", refused=True, seconds=0.0)
         data = image(reservation).model_dump(mode="json", exclude={"webhook"})
         happened = (
-            outcome.finish_time.ToDatetime(tzinfo=UTC)
-            if outcome.HasField("finish_time")
-            else reservation.settle_time.ToDatetime(tzinfo=UTC)
+            wire.optional_moment(outcome, "finish_time") or reservation.settle_time or datetime.now(UTC)
         )
         body = message_body(event_type, happened, data)
         headers = signed_headers(
             signing.signing_secret, message_id(reservation.job_id, event_type), datetime.now(UTC), body
         )
-        return await self._sender.send(reservation.webhook.url, body, headers)
+        return await self._sender.send(url, body, headers)
 
 
 def _result_label(result: SendResult, retrying: bool) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from imagegen.billing.v1 import billing_service_pb2
 from imagegen_gateway.billing_client import BillingClient
+from imagegen_gateway.domain import WebhookSettings
 from imagegen_gateway.errors import InvalidInputError
 from imagegen_gateway.webhooks.sender import WebhookSender
 
@@ -21,9 +21,9 @@ class WebhookTargets:
         self.billing = billing
         self.sender = sender
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[billing_service_pb2.GetWebhookSettingsResponse, float]] = {}
+        self._cache: dict[str, tuple[WebhookSettings, float]] = {}
 
-    async def settings(self, account_id: str) -> billing_service_pb2.GetWebhookSettingsResponse:
+    async def settings(self, account_id: str) -> WebhookSettings:
         """The account's webhook settings, cached as briefly as authentication is."""
         now = time.monotonic()
         cached = self._cache.get(account_id)
@@ -41,7 +41,7 @@ class WebhookTargets:
         ``webhook_url`` for a URL the guard refuses or an account without a signing secret."""
         settings = await self.settings(account_id)
         if not requested:
-            return settings.settings.url
+            return settings.url
         if not settings.signing_secret:
             raise InvalidInputError(NO_SECRET, field="webhook_url")
         await self.sender.check(requested)

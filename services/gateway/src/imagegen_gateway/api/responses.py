@@ -1,6 +1,8 @@
-"""REST errors in the shapes clients of the hosted API parse: ``{success: false, error, message}``, with
-``required``/``available`` on 402, ``errors: {field: [messages]}`` on 422 and ``retry_after`` on 429.
-Never a stack trace: anything unexpected is logged and answered 500 ``internal error``."""
+"""Error answers over HTTP, for every surface (REST, the MCP endpoint's HTTP-level refusals, image
+files, 404s): one body, ``{success: false, error, message}``, built by :func:`error_response` alone,
+with ``required``/``available`` on 402, ``errors: {field: [messages]}`` on 422 and ``retry_after`` on
+429; the exception handlers that produce them; and their OpenAPI descriptions. Never a stack trace:
+anything unexpected is logged and answered 500 ``internal error``."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from imagegen_gateway.api.schemas import (
     RateLimitedBody,
     ValidationErrorBody,
 )
-from imagegen_gateway.auth import bearer_token, unauthorized
+from imagegen_gateway.authentication import bearer_token
 from imagegen_gateway.errors import (
     GatewayError,
     InsufficientCreditsError,
@@ -37,7 +39,13 @@ REST_FIELDS = {"input_images": "input", "idempotency_key": "Idempotency-Key"}
 #: The key of a 422's errors map when a refusal is about the request as a whole.
 WHOLE_REQUEST = "request"
 INTERNAL_ERROR = "internal error"
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+REALM = "imagegen"
+#: Codes of the errors Starlette raises itself (routing, body limits).
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
     "RateLimit-Policy": {
@@ -51,34 +59,49 @@ RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"success": False, "error": code, "message": message}
-
-
-def _response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The one error answer of every surface: ``{success: false, error: code, message, **extra}``."""
+    body: dict[str, Any] = {"success": False, "error": code, "message": message, **extra}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unauthorized(message: str, *, missing: bool) -> JSONResponse:
+    """401 with the RFC 6750 challenge and a body saying what is wrong."""
+    challenge = f'Bearer realm="{REALM}"'
+    if not missing:
+        challenge += f', error="invalid_token", error_description="{message}"'
+    code = "missing_token" if missing else "invalid_token"
+    return error_response(401, code, message, headers={"WWW-Authenticate": challenge})
 
 
 def validation_response(errors: dict[str, list[str]]) -> JSONResponse:
     problems = "; ".join(f"{field}: {messages[0]}" for field, messages in errors.items())
-    body = {**error_body("validation_error", f"The request is invalid ({problems})."), "errors": errors}
-    return _response(HTTPStatus.UNPROCESSABLE_ENTITY, body)
+    message = f"The request is invalid ({problems})."
+    return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, "validation_error", message, errors=errors)
 
 
-def gateway_error_response(request: Request, exc: GatewayError) -> JSONResponse:
-    """The REST answer of an error of the generation flow."""
+def invalid_json_response() -> JSONResponse:
+    return error_response(HTTPStatus.BAD_REQUEST, "invalid_json", "The body is not valid UTF-8 JSON.")
+
+
+def gateway_error_response(exc: GatewayError, *, token_sent: bool = True) -> JSONResponse:
+    """The HTTP answer of an error of the generation flow."""
     if isinstance(exc, InvalidTokenError):
-        return unauthorized(exc.message, missing=bearer_token(request.headers) is None)
+        return unauthorized(exc.message, missing=not token_sent)
     if isinstance(exc, InvalidInputError):
         field = REST_FIELDS.get(exc.field or "", exc.field) or WHOLE_REQUEST
         return validation_response({field: [exc.message]})
-    body = error_body(exc.code, exc.message)
     if isinstance(exc, InsufficientCreditsError):
-        body.update(required=exc.required, available=exc.available)
+        return error_response(
+            exc.status, exc.code, exc.message, required=exc.required, available=exc.available
+        )
     if isinstance(exc, RateLimitedError):
-        body["retry_after"] = exc.retry_after
-        return _response(exc.status, body, exc.headers)
-    return _response(exc.status, body)
+        return error_response(
+            exc.status, exc.code, exc.message, headers=exc.headers, retry_after=exc.retry_after
+        )
+    return error_response(exc.status, exc.code, exc.message)
 
 
 def _field(location: Sequence[Any]) -> str:
@@ -101,7 +124,7 @@ def request_validation_response(exc: RequestValidationError) -> JSONResponse:
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return gateway_error_response(request, exc)
+    return gateway_error_response(exc, token_sent=bearer_token(request.headers) is not None)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
@@ -111,14 +134,16 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == HTTPStatus.BAD_REQUEST:  # Starlette could not decode the body
+        return invalid_json_response()
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = str(exc.detail) if exc.status_code != 404 else "Not found."
-    return _response(exc.status_code, error_body(code, message), dict(exc.headers or {}))
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
-    return _response(HTTPStatus.INTERNAL_SERVER_ERROR, error_body("internal", INTERNAL_ERROR))
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", INTERNAL_ERROR)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,6 +175,11 @@ def _doc(model: type[ErrorBody], description: str, **extra: Any) -> dict[str, An
     return {"model": model, "description": description, **extra}
 
 
+def error_doc(description: str) -> dict[str, Any]:
+    """The OpenAPI description of an answer in the one error body."""
+    return _doc(ErrorBody, description)
+
+
 UNAUTHORIZED = _doc(
     ErrorBody,
     "Missing, unknown or revoked API token.",
@@ -162,6 +192,7 @@ NOT_FOUND = _doc(ErrorBody, "No such image (or not one of the caller's).")
 PAYMENT_REQUIRED = _doc(
     InsufficientCreditsBody, "Insufficient credits for all the images; nothing is reserved."
 )
+INVALID_JSON = _doc(ErrorBody, "The body is not valid UTF-8 JSON (`error` is `invalid_json`).")
 PAYLOAD_TOO_LARGE = _doc(ErrorBody, "The body is larger than the gateway accepts (1 MiB by default).")
 CONFLICT = _doc(ErrorBody, "A request with this Idempotency-Key is still in progress.")
 RATE_LIMITED = _doc(

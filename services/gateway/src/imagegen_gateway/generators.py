@@ -1,4 +1,4 @@
-"""Which provider serves the models: what the live generator replicas announce in NATS KV."""
+"""The live generator replicas, as they announce themselves in NATS KV: which provider serves the models."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ CACHE_SECONDS = 10.0
 NO_GENERATOR = "none (no generator running)"
 
 
-class ProviderRegistry:
+class GeneratorRegistry:
     def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self.js = js
         self.replicas = replicas

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from imagegen_common.ops_http import metrics_response
-from imagegen_gateway.deps import gateway_of
+from imagegen_gateway.api.deps import GatewayDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -19,8 +19,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    gateway = gateway_of(request)
+async def readyz(gateway: GatewayDep) -> JSONResponse:
     checks = {
         "billing": await gateway.billing.serving(),
         "nats": gateway.bus.connected,

@@ -6,30 +6,36 @@ ask for: ``Accept: application/json, text/event-stream``; progress notifications
 the other with one plain JSON body, for callers that do not ask for a stream — like the documented
 curl example, which sends no Accept header at all.
 
-Two things the SDK's stateless mode does not do are done here: a ``notifications/cancelled`` posted
+Three things the SDK's stateless mode does not do are done here: a ``notifications/cancelled`` posted
 on a request of its own reaches the call it names (the SDK would drop it with its one-request
-transport), and a client that drops a plain-JSON call cancels it (the SDK only watches streams).
+transport); a client that drops a plain-JSON call cancels it (the SDK only watches streams); and a
+request whose ``id`` JSON-RPC 2.0 forbids (object, array, null, float, boolean) is refused with
+``-32600 Invalid Request`` (the SDK would take it for a notification and answer 202 with nothing).
+The body is parsed once here, with a bounded parser (pydantic-core's: a nesting limit, no recursion
+of Python's), and that one parse answers all of these questions; what is not JSON is a parse error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import pydantic_core
 from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import INVALID_REQUEST, PARSE_ERROR
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagegen_gateway.auth import Authenticator, bearer_token, unauthorized
-from imagegen_gateway.billing_client import Principal
+from imagegen_gateway.api.responses import error_response, gateway_error_response, unauthorized
+from imagegen_gateway.authentication import MISSING_TOKEN, Authenticator, Principal, bearer_token
 from imagegen_gateway.errors import GatewayError, InvalidTokenError
-from imagegen_gateway.mcp_tools import PRINCIPAL_SCOPE_KEY, InFlightCalls
+from imagegen_gateway.mcp_server.tools import PRINCIPAL_SCOPE_KEY, InFlightCalls
 
 EVENT_STREAM = "text/event-stream"
 
@@ -53,19 +59,46 @@ def wants_event_stream(headers: Headers) -> bool:
     return EVENT_STREAM in accepted
 
 
-def cancelled_request_id(body: bytes) -> Any:
-    """The ``requestId`` of a ``notifications/cancelled`` message, or None for any other body."""
+@dataclass(frozen=True, slots=True)
+class JsonRpcRefusal:
+    """A body the gateway answers itself with a JSON-RPC error (HTTP 400)."""
+
+    code: int
+    message: str
+
+    def response(self) -> JSONResponse:
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": self.code, "message": self.message}}
+        return JSONResponse(body, status_code=400)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """A ``notifications/cancelled`` message: the id of the request it cancels."""
+
+    request_id: str | int
+
+
+def _valid_id(value: object) -> bool:
+    """JSON-RPC 2.0 ids are strings or numbers; MCP takes integers, never null (and bool is no int)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def inspect_body(body: bytes) -> JsonRpcRefusal | Cancellation | None:
+    """The one parse of a POSTed body: a refusal, a cancellation the gateway handles, or None (pass
+    it on to the SDK)."""
     try:
-        message = json.loads(body)
+        parsed = pydantic_core.from_json(body)  # bounded nesting: deep input is a ValueError
     except ValueError:
-        return None
-    if (
-        isinstance(message, dict)
-        and message.get("method") == "notifications/cancelled"
-        and "id" not in message
-    ):
-        params = message.get("params")
-        return params.get("requestId") if isinstance(params, dict) else None
+        return JsonRpcRefusal(PARSE_ERROR, "Parse error: the body is not JSON")
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    for message in messages:
+        if isinstance(message, dict) and "id" in message and not _valid_id(message["id"]):
+            return JsonRpcRefusal(INVALID_REQUEST, "Invalid Request: the id must be a string or an integer")
+    if isinstance(parsed, dict) and parsed.get("method") == "notifications/cancelled" and "id" not in parsed:
+        params = parsed.get("params")
+        request_id = params.get("requestId") if isinstance(params, dict) else None
+        if isinstance(request_id, str | int) and _valid_id(request_id):
+            return Cancellation(request_id)
     return None
 
 
@@ -79,10 +112,6 @@ def _with_json_accept(scope: Scope) -> Scope:
     """The request as if it had said ``Accept: application/json`` (it said nothing, or ``*/*``)."""
     headers = [(k, v) for k, v in scope["headers"] if k != b"accept"]
     return {**scope, "headers": [*headers, (b"accept", b"application/json")]}
-
-
-def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"success": False, "error": error, "message": message}, status, headers=headers)
 
 
 class BodyTooLargeError(Exception):
@@ -153,20 +182,24 @@ class McpEndpoint:
             # Stateless: no stream for server-initiated messages (GET) and no session to end
             # (DELETE). 405 tells clients so; they would otherwise hold an idle stream open.
             only_post = "this stateless server takes only POST requests"
-            await _error(405, "method_not_allowed", only_post, {"Allow": "POST"})(scope, receive, send)
+            refused = error_response(405, "method_not_allowed", only_post, headers={"Allow": "POST"})
+            await refused(scope, receive, send)
             return
         scope = _trimmed_headers(scope)
         try:
             body = await read_body(receive, self.max_body_bytes)
         except BodyTooLargeError:
             too_large = f"request body over {self.max_body_bytes} bytes"
-            await _error(413, "body_too_large", too_large)(scope, receive, send)
+            await error_response(413, "payload_too_large", too_large)(scope, receive, send)
             return
         if body is None:
             return
-        request_id = cancelled_request_id(body)
-        if request_id is not None:
-            self.in_flight.cancel(refusal.account_id, request_id)
+        inspected = inspect_body(body)
+        if isinstance(inspected, JsonRpcRefusal):
+            await inspected.response()(scope, receive, send)
+            return
+        if isinstance(inspected, Cancellation):
+            self.in_flight.cancel(refusal.account_id, inspected.request_id)
             await Response(status_code=202)(scope, receive, send)
             return
         headers = Headers(scope=scope)
@@ -182,16 +215,16 @@ class McpEndpoint:
         headers = Headers(scope=scope)
         origin = headers.get("origin")
         if origin and not origin_allowed(origin, self.allowed_origins):
-            return _error(403, "origin_not_allowed", f"origin {origin} is not allowed")
+            return error_response(403, "origin_not_allowed", f"origin {origin[:200]} is not allowed")
         token = bearer_token(headers)
         if token is None:
-            return unauthorized("missing API token: send 'Authorization: Bearer <token>'", missing=True)
+            return unauthorized(MISSING_TOKEN, missing=True)
         try:
             return await self.authenticator.principal(token)
         except InvalidTokenError as exc:
             return unauthorized(exc.message, missing=False)
         except GatewayError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return gateway_error_response(exc)
 
 
 async def _cancelled_on_disconnect(

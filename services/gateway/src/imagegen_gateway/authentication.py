@@ -6,15 +6,32 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 
-from imagegen_gateway.billing_client import BillingClient, Principal
 from imagegen_gateway.errors import InvalidTokenError
 
 MAX_CACHED_TOKENS = 10_000
-REALM = "imagegen"
+MISSING_TOKEN = "missing API token: send 'Authorization: Bearer <token>'"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the account behind a valid API token."""
+
+    account_id: str
+    email: str
+    token_id: str
+
+
+class TokenResolver(Protocol):
+    """Billing's side of authentication (``BillingClient``)."""
+
+    async def authenticate(self, token: str) -> Principal:
+        """The account of a token; InvalidTokenError for an unknown or revoked one."""
+        ...
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -24,20 +41,8 @@ def bearer_token(headers: Headers) -> str | None:
     return credentials.strip()
 
 
-def unauthorized(message: str, *, missing: bool) -> JSONResponse:
-    """401 with the RFC 6750 challenge and a body saying what is wrong."""
-    challenge = f'Bearer realm="{REALM}"'
-    if not missing:
-        challenge += f', error="invalid_token", error_description="{message}"'
-    return JSONResponse(
-        {"success": False, "error": "missing_token" if missing else "invalid_token", "message": message},
-        status_code=401,
-        headers={"WWW-Authenticate": challenge},
-    )
-
-
 class Authenticator:
-    def __init__(self, billing: BillingClient, cache_seconds: float) -> None:
+    def __init__(self, billing: TokenResolver, cache_seconds: float) -> None:
         self.billing = billing
         self.cache_seconds = cache_seconds
         # keyed by a hash, so that no token sits in memory longer than the request that carried it
@@ -60,5 +65,5 @@ class Authenticator:
     async def from_headers(self, headers: Headers) -> Principal:
         token = bearer_token(headers)
         if token is None:
-            raise InvalidTokenError("missing API token: send 'Authorization: Bearer <token>'")
+            raise InvalidTokenError(MISSING_TOKEN)
         return await self.principal(token)

@@ -21,10 +21,10 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from imagegen.billing.v1 import billing_service_pb2
 from imagegen_common.catalog import API_MAX_SIDE, API_MIN_SIDE
-from imagegen_gateway.billing_client import Principal
+from imagegen_gateway.authentication import Principal
 from imagegen_gateway.catalog import ModelCatalog
+from imagegen_gateway.domain import ModelListing
 from imagegen_gateway.errors import GatewayError
 from imagegen_gateway.generation import (
     MAX_PROMPT_CHARS,
@@ -33,10 +33,10 @@ from imagegen_gateway.generation import (
     Generations,
     ImageRequest,
 )
+from imagegen_gateway.generators import GeneratorRegistry
 from imagegen_gateway.idempotency import MAX_KEY_CHARS
 from imagegen_gateway.metrics import TOOL_CALLS
-from imagegen_gateway.providers import ProviderRegistry
-from imagegen_gateway.views import model_view
+from imagegen_gateway.presentation import model_view
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SERVER_NAME = "imagegen"
 #: The default model, for a schema asked for before the catalog was first fetched.
 NANO_BANANA = "nano-banana"
 PRINCIPAL_SCOPE_KEY = "imagegen.principal"
+MAX_MODEL_KEY_CHARS = 128
 
 
 class _OptionalMeansAbsent(GenerateJsonSchema):
@@ -64,7 +65,13 @@ class GenerateImageArguments(BaseModel):
             description=f"Text prompt describing the image to generate (max {MAX_PROMPT_CHARS} characters)",
         ),
     ]
-    model: Annotated[str, Field(description="AI model key. Use list_models to see all options.")] = ""
+    model: Annotated[
+        str,
+        # bounded like REST's: an unknown key is echoed in the error that names the valid ones
+        Field(
+            max_length=MAX_MODEL_KEY_CHARS, description="AI model key. Use list_models to see all options."
+        ),
+    ] = ""
     width: Annotated[
         int,
         Field(
@@ -221,12 +228,14 @@ class InFlightCalls:
 class ImagegenTools:
     """Handlers of tools/list and tools/call."""
 
-    def __init__(self, generations: Generations, catalog: ModelCatalog, providers: ProviderRegistry) -> None:
+    def __init__(
+        self, generations: Generations, catalog: ModelCatalog, generators: GeneratorRegistry
+    ) -> None:
         self.generations = generations
         self.catalog = catalog
-        self.providers = providers
+        self.generators = generators
         self.in_flight = InFlightCalls()
-        self._tools: tuple[billing_service_pb2.ListModelsResponse, types.ListToolsResult] | None = None
+        self._tools: tuple[ModelListing, types.ListToolsResult] | None = None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -267,7 +276,7 @@ class ImagegenTools:
 
     async def _list_models(self) -> types.CallToolResult:
         listing = await self.catalog.listing()
-        served_by = await self.providers.served_by()
+        served_by = await self.generators.served_by()
         body = {
             "models": [model_view(m, served_by) for m in listing.models],
             "default_model": listing.default_model,
