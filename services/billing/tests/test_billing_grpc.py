@@ -22,6 +22,7 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
 from imagegen_common.billing_errors import AVAILABLE_CREDITS, REQUIRED_CREDITS
 from imagegen_common.catalog import load_catalog
+from imagegen_testing import eventually
 
 if TYPE_CHECKING:  # the async stub classes exist only in the type stubs
     BillingStub = billing_service_pb2_grpc.BillingServiceAsyncStub
@@ -30,15 +31,6 @@ Metadata = list[tuple[str, str]]
 HELD = resources_pb2.Reservation.STATE_HELD
 CAPTURED = resources_pb2.Reservation.STATE_CAPTURED
 RELEASED = resources_pb2.Reservation.STATE_RELEASED
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 400) -> None:
-    """Polls until ``check`` holds (bounded by attempts, not asserted on time)."""
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("condition never held")
 
 
 async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:

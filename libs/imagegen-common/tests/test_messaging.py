@@ -1,0 +1,167 @@
+"""The messaging module against a real nats-server: connect, SlotPuller and the back-off policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+
+from imagegen_common import nats_names
+from imagegen_common.messaging import (
+    HANDLER_BACKOFF,
+    Backoff,
+    SlotPuller,
+    connect,
+    retry_forever,
+)
+from imagegen_testing import eventually
+from imagegen_testing.nats_server import NatsServer
+
+
+def test_backoff_doubles_from_the_first_delay_up_to_its_cap() -> None:
+    backoff = Backoff(first_seconds=1.0, max_seconds=10.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert backoff.delay(0) == 1.0  # a message without delivery count is a first delivery
+    assert HANDLER_BACKOFF.delay(1) == 1.0
+    assert HANDLER_BACKOFF.delay(100) == 60.0
+
+
+async def test_retry_forever_retries_a_failing_step_with_the_backoff() -> None:
+    calls = 0
+
+    async def step() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise ConnectionError("not yet")
+        return "done"
+
+    assert await retry_forever(step, what="a step", backoff=Backoff(0.01, 0.02)) == "done"
+    assert calls == 3
+
+
+async def test_connect_names_the_client_and_takes_the_server_list_as_configured(
+    nats_server: NatsServer,
+) -> None:
+    # The setting's shape: comma-separated, spaces allowed; a server that is down is skipped.
+    nc = await connect(f" nats://127.0.0.1:1 , {nats_server.url}", name=nats_names.BILLING_CLIENT)
+    try:
+        assert nc.is_connected
+        assert nc.options["name"] == nats_names.BILLING_CLIENT
+        assert nc.options["max_reconnect_attempts"] == -1  # never gives up
+    finally:
+        await nc.close()
+
+
+async def test_connect_refuses_an_empty_server_list() -> None:
+    with pytest.raises(ValueError):
+        await connect(" , ", name=nats_names.GENERATOR_CLIENT)
+
+
+async def _work_queue(nc: Client, count: int) -> JetStreamContext.PullSubscription:
+    js = nc.jetstream()
+    await js.add_stream(name="WORK", subjects=["work.>"])
+    await js.add_consumer("WORK", ConsumerConfig(durable_name="workers", ack_wait=30))
+    for i in range(count):
+        await js.publish("work.item", str(i).encode())
+    return await js.pull_subscribe_bind(durable="workers", stream="WORK")
+
+
+async def test_a_slot_puller_never_holds_more_than_its_free_slots(nats_server: NatsServer) -> None:
+    nc = await connect(nats_server.url, name="test")
+    try:
+        sub = await _work_queue(nc, 20)
+        js = nc.jetstream()
+        handling: list[Msg] = []
+        done: list[Msg] = []
+        release = asyncio.Queue[None]()
+        most_held = 0
+
+        async def handle(msg: Msg) -> None:
+            nonlocal most_held
+            handling.append(msg)
+            info = await js.consumer_info("WORK", "workers")
+            most_held = max(most_held, info.num_ack_pending)
+            await release.get()
+            await msg.ack()
+            handling.remove(msg)
+            done.append(msg)
+
+        puller = SlotPuller(sub, handle, concurrency=3, fetch_timeout=0.2, name="test")
+        puller.start()
+        for _ in range(20):
+            await eventually(lambda: len(handling) == min(3, 20 - len(done)), what="three handlers")
+            info = await js.consumer_info("WORK", "workers")
+            assert info.num_ack_pending <= 3
+            release.put_nowait(None)
+            finished = len(done) + 1
+            await eventually(lambda n=finished: len(done) >= n, what="a handler to finish")  # type: ignore[misc]
+        assert most_held <= 3
+        assert await puller.stop(drain_timeout=1.0) == 0
+    finally:
+        await nc.close()
+
+
+async def test_a_slot_puller_hands_back_on_stop_so_they_are_redelivered_at_once(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(nats_server.url, name="test")
+    try:
+        sub = await _work_queue(nc, 10)
+        js = nc.jetstream()
+        started: list[Msg] = []
+        finish = asyncio.Event()
+
+        async def handle(msg: Msg) -> None:
+            started.append(msg)
+            try:
+                await finish.wait()
+            except asyncio.CancelledError:
+                await msg.nak()
+                raise
+            await msg.ack()
+
+        puller = SlotPuller(sub, handle, concurrency=3, fetch_timeout=0.2, name="test")
+        puller.start()
+        await eventually(lambda: len(started) == 3, what="three handlers")
+        info = await js.consumer_info("WORK", "workers")
+        assert info.num_ack_pending == 3  # nothing fetched beyond the three being worked on
+        assert await puller.stop(drain_timeout=0.05) == 3
+        # handed back, not left to their 30 s ack wait: another worker gets all ten at once
+        again: list[Msg] = []
+        async with asyncio.timeout(5):
+            while len(again) < 10:  # a fetch may answer with part of a batch
+                again += await sub.fetch(batch=10 - len(again), timeout=5)
+        assert sorted(m.metadata.num_delivered for m in again) == [1] * 7 + [2] * 3
+    finally:
+        await nc.close()
+
+
+async def test_a_slot_puller_lets_handlers_in_flight_finish_within_the_drain_timeout(
+    nats_server: NatsServer,
+) -> None:
+    nc = await connect(nats_server.url, name="test")
+    try:
+        sub = await _work_queue(nc, 2)
+        acked: list[bytes] = []
+        started = asyncio.Event()
+
+        async def handle(msg: Msg) -> None:
+            started.set()
+            await asyncio.sleep(0.1)
+            await msg.ack()
+            acked.append(msg.data)
+
+        puller = SlotPuller(sub, handle, concurrency=1, fetch_timeout=0.2, name="test")
+        puller.start()
+        await started.wait()
+        assert await puller.stop(drain_timeout=5.0) == 0
+        assert acked  # the one in hand finished; the other was never fetched, or handed back
+        info = await nc.jetstream().consumer_info("WORK", "workers")
+        assert info.num_ack_pending == 0
+    finally:
+        await nc.close()
