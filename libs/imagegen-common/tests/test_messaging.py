@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from nats.aio.client import Client
@@ -91,6 +92,9 @@ async def test_a_slot_puller_never_holds_more_than_its_free_slots(nats_server: N
             handling.remove(msg)
             done.append(msg)
 
+        def done_at_least(count: int) -> Callable[[], bool]:
+            return lambda: len(done) >= count
+
         puller = SlotPuller(sub, handle, concurrency=3, fetch_timeout=0.2, name="test")
         puller.start()
         for _ in range(20):
@@ -98,8 +102,7 @@ async def test_a_slot_puller_never_holds_more_than_its_free_slots(nats_server: N
             info = await js.consumer_info("WORK", "workers")
             assert info.num_ack_pending <= 3
             release.put_nowait(None)
-            finished = len(done) + 1
-            await eventually(lambda n=finished: len(done) >= n, what="a handler to finish")  # type: ignore[misc]
+            await eventually(done_at_least(len(done) + 1), what="a handler to finish")
         assert most_held <= 3
         assert await puller.stop(drain_timeout=1.0) == 0
     finally:
