@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
@@ -45,17 +49,61 @@ async def test_retry_forever_retries_a_failing_step_with_the_backoff() -> None:
     assert calls == 3
 
 
-async def test_connect_names_the_client_and_takes_the_server_list_as_configured(
-    nats_server: NatsServer,
+async def test_connect_names_the_client_and_takes_the_server_list_as_configured(tmp_path: Path) -> None:
+    with NatsServer(store_dir=tmp_path / "nats", monitor=True) as server:
+        # The setting's shape: comma-separated, spaces allowed; a server that is down is skipped.
+        nc = await connect(f" nats://127.0.0.1:1 , {server.url}", name=nats_names.BILLING_CLIENT)
+        try:
+            assert nc.is_connected
+            assert nc.options["max_reconnect_attempts"] == -1  # never gives up
+
+            def connection_names() -> list[str]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.monitor_port}/connz") as answer:
+                    return [c.get("name", "") for c in json.load(answer)["connections"]]
+
+            assert await asyncio.to_thread(connection_names) == [nats_names.BILLING_CLIENT]
+        finally:
+            await nc.close()
+
+
+async def test_connect_waits_for_a_late_server_and_logs_an_outage_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The setting's shape: comma-separated, spaces allowed; a server that is down is skipped.
-    nc = await connect(f" nats://127.0.0.1:1 , {nats_server.url}", name=nats_names.BILLING_CLIENT)
+    caplog.set_level(logging.INFO, logger="imagegen_common.messaging")
+    server = NatsServer(store_dir=tmp_path / "nats")  # its port is chosen, nothing listens yet
     try:
-        assert nc.is_connected
-        assert nc.options["name"] == nats_names.BILLING_CLIENT
-        assert nc.options["max_reconnect_attempts"] == -1  # never gives up
+        connecting = asyncio.create_task(
+            connect(server.url, name=nats_names.GENERATOR_CLIENT, reconnect_wait_seconds=0.05)
+        )
+        await eventually(lambda: "NATS unreachable, retrying" in caplog.text, what="the outage logged")
+        await asyncio.sleep(0.3)  # several more failed attempts, which must not log again
+        assert not connecting.done()
+        server.start()
+        nc = await asyncio.wait_for(connecting, timeout=30)
+        try:
+            messages = [r.getMessage() for r in caplog.records]
+            assert messages.count("NATS unreachable, retrying") == 1
+            assert messages.count("NATS reconnected") == 1  # the start-up's outage is over
+
+            caplog.clear()
+            server.stop()  # an outage after connecting: one line, then one when it is back
+            await eventually(lambda: not nc.is_connected, what="the disconnect")
+            await asyncio.sleep(0.3)  # several failed attempts, which must not log again
+            server.start()
+            # nats-py runs its callbacks in tasks of their own: wait for the line, not the state.
+            await eventually(lambda: "NATS reconnected" in caplog.text, what="the reconnect logged")
+            assert nc.is_connected
+            messages = [r.getMessage() for r in caplog.records]
+            # nats-py reports the lost connection as an error or a disconnect, whichever comes first.
+            outage = {"NATS unreachable, retrying", "NATS disconnected, reconnecting"}
+            assert len([m for m in messages if m in outage]) == 1
+            assert messages.count("NATS reconnected") == 1
+        finally:
+            await nc.close()
+        # Closing on purpose is no outage.
+        assert "NATS disconnected, reconnecting" not in caplog.text.split("NATS reconnected")[-1]
     finally:
-        await nc.close()
+        server.close()
 
 
 async def test_connect_refuses_an_empty_server_list() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -103,11 +102,14 @@ async def retry_forever(
 
 
 class _OutageLog:
-    """nats-py calls ``error_cb`` on every failed (re)connect attempt; one line per outage is enough."""
+    """nats-py calls ``error_cb`` on every failed (re)connect attempt; one line per outage is enough,
+    and one when it is over."""
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._reported = False
+        #: Set once connected: before, an outage is the start-up's (error_cb reports it).
+        self.client: Client | None = None
 
     async def on_error(self, error: Exception) -> None:
         if not self._reported:
@@ -115,13 +117,16 @@ class _OutageLog:
             log.warning("NATS unreachable, retrying", extra={"client": self._name, "error": repr(error)})
 
     async def on_disconnected(self) -> None:
-        if not self._reported:
-            self._reported = True
-            log.warning("NATS disconnected, reconnecting", extra={"client": self._name})
+        # nats-py also calls this when the client is closed on purpose: that is no outage.
+        if self.client is None or self.client.is_closed or self._reported:
+            return
+        self._reported = True
+        log.warning("NATS disconnected, reconnecting", extra={"client": self._name})
 
-    async def on_reconnected(self) -> None:
-        self._reported = False
-        log.info("NATS reconnected", extra={"client": self._name})
+    async def on_connected(self) -> None:
+        if self._reported:
+            self._reported = False
+            log.info("NATS reconnected", extra={"client": self._name})
 
 
 async def connect(
@@ -143,17 +148,20 @@ async def connect(
     if not urls:
         raise ValueError("no NATS server given")
     outages = _OutageLog(name)
-    return await nats.connect(
+    nc = await nats.connect(
         urls,
         name=name,
-        connect_timeout=max(1, math.ceil(connect_timeout_seconds)),
+        connect_timeout=connect_timeout_seconds,
         reconnect_time_wait=reconnect_wait_seconds,
         # Never give up: not at start-up (NATS may come later) and not after a disconnect.
         max_reconnect_attempts=-1,
         error_cb=outages.on_error,
         disconnected_cb=outages.on_disconnected,
-        reconnected_cb=outages.on_reconnected,
+        reconnected_cb=outages.on_connected,
     )
+    outages.client = nc
+    await outages.on_connected()  # a start-up that waited for NATS says that it is over
+    return nc
 
 
 class SlotPuller:
