@@ -84,8 +84,9 @@ async def settle_outcome(ledger: Ledger, outcome: jobs_pb2.JobOutcome) -> Settle
 
 #: Events settled at the same time (each is one short transaction, idempotent on its job id).
 SETTLEMENT_CONCURRENCY = 4
-#: How long one pull request waits for events before asking again.
-FETCH_TIMEOUT_SECONDS = 5.0
+#: How long one pull request waits for events before asking again (also how long a stop may wait for
+#: the pull under way, whose events it hands back).
+FETCH_TIMEOUT_SECONDS = 1.0
 #: Ack wait of the durable consumer: an event whose settlement hangs this long goes to a retry.
 ACK_WAIT_SECONDS = 30.0
 
@@ -218,6 +219,10 @@ class SettlementConsumer:
             if handed_back:
                 log.warning("handed back job events not settled in time", extra={"events": handed_back})
         self._puller = None
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
         connection, self._connection = self._connection, None
         if connection is None:
             return
