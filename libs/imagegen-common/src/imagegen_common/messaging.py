@@ -112,6 +112,7 @@ class _OutageLog:
         self.client: Client | None = None
 
     async def on_error(self, error: Exception) -> None:
+        log.debug("NATS connection attempt failed", extra={"client": self._name, "error": repr(error)})
         if not self._reported:
             self._reported = True
             log.warning("NATS unreachable, retrying", extra={"client": self._name, "error": repr(error)})
