@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen_cli.processes import ChildProcess, grpc_serving, imagegen_command
+from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
@@ -109,10 +111,11 @@ def test_sigterm_stops_every_process_and_a_restart_keeps_the_demo_account(tmp_pa
     dev.send_signal(signal.SIGTERM)
     assert dev.wait(timeout=60) == 0
     assert not ready_file.exists()
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    eventually_blocking(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in children),
+        timeout=10,
+        what="the children to exit",
+    )
 
     again = start_dev(data_dir, ready_file, free_port())
     try:

@@ -13,9 +13,12 @@ import pytest
 from mcp.types import CallToolResult
 
 from imagegen.billing.v1.resources_pb2 import LedgerEntry
+from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 
 def tool_call(prompt: str) -> dict[str, Any]:
@@ -96,8 +99,7 @@ async def test_notifications_cancelled_on_another_request_stops_the_call(
                 json={"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": tool_call("never mind")},
             )
         )
-        while not creates_of(fake, "never mind"):
-            await asyncio.sleep(0.05)
+        await eventually(lambda: bool(creates_of(fake, "never mind")), what="the prediction")
         notice = await client.post(
             slow_stack.mcp_url,
             headers=headers,
@@ -123,8 +125,7 @@ async def test_a_generator_killed_mid_job_leaves_it_to_another_and_it_is_paid_on
             return await client.call_tool("generate_image", tool_call("rescued")["arguments"])
 
     call = asyncio.create_task(generate())
-    while not creates_of(fake, "rescued"):
-        await asyncio.sleep(0.05)
+    await eventually(lambda: bool(creates_of(fake, "rescued")), what="the prediction")
     slow_stack.stack.child(victim).send_signal(signal.SIGKILL)
     slow_stack.add_generator("generator-rescuer")
     result = await asyncio.wait_for(call, timeout=120)

@@ -16,6 +16,8 @@ from PIL import Image
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 
 def structured(result: CallToolResult) -> dict[str, Any]:
     assert not result.is_error, result.content

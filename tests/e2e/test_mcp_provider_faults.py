@@ -13,6 +13,8 @@ from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack, start_stack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 JOB_TIMEOUT_SECONDS = 8
 
 

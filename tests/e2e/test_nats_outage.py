@@ -14,6 +14,8 @@ from imagegen_cli.processes import http_ok
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack, start_stack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[RunningStack]:

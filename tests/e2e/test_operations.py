@@ -16,9 +16,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,8 +72,8 @@ async def test_sigterm_mid_work_finishes_every_call_and_leaves_nothing_reserved(
         return result
 
     calls = [asyncio.create_task(generate(i)) for i in range(4)]
-    while len(fake.creates) < 4:  # every job is with the provider: the work is in flight
-        await asyncio.sleep(0.05)
+    # Every job is with the provider: the work is in flight.
+    await eventually(lambda: len(fake.creates) >= 4, what="four predictions")
     slow_stack.stack.child(slow_stack.generators[0]).send_signal(signal.SIGTERM)
     slow_stack.stack.child("gateway").send_signal(signal.SIGTERM)
     try:

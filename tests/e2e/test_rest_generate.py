@@ -8,7 +8,6 @@ import io
 import json
 import re
 import subprocess
-import time
 from typing import Any
 
 import grpc
@@ -27,8 +26,11 @@ from imagegen_gateway.api.schemas import (
     ModelsResponse,
     ValidationErrorBody,
 )
+from imagegen_testing import eventually_blocking
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import Account, RunningStack
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 #: The hosted API's documented request, as written (model flux-1 exists so that it runs as is).
 DOCUMENTED_BODY = '{"model": "flux-1", "prompt": "...", "width": 1024, "height": 1024}'
@@ -55,16 +57,22 @@ def generate(
 
 def poll(stack: RunningStack, account: Account, image_id: str, timeout: float = 60.0) -> dict[str, Any]:
     """The image once it completed or failed (bounded by ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    image: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal image
         response = httpx.get(f"{stack.rest_url}/images/{image_id}", headers=auth(account), timeout=10)
         assert response.status_code == 200, response.text
-        image: dict[str, Any] = ImageResponse.model_validate(response.json()).model_dump(mode="json")["image"]
-        if image["status"] >= 2:
-            return image
-        if time.monotonic() > deadline:
-            raise AssertionError(f"image {image_id} still {image['status_name']}\n{stack.logs()}")
-        time.sleep(0.1)
+        image = ImageResponse.model_validate(response.json()).model_dump(mode="json")["image"]
+        return bool(image["status"] >= 2)
+
+    eventually_blocking(
+        finished,
+        timeout=timeout,
+        what=f"image {image_id} finishing",
+        detail=lambda: f"still {image.get('status_name')}\n{stack.logs()}",
+    )
+    return image
 
 
 def test_the_documented_curl_example_runs_as_written(stack: RunningStack) -> None:

@@ -15,6 +15,8 @@ from imagegen_gateway.api.schemas import RateLimitedBody
 from imagegen_testing.net import free_port
 from imagegen_testing.stack import Account, RunningStack, start_stack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 LIMIT = 3
 POLICY = f'"generate";q={LIMIT};w=60'
 REMAINING = re.compile(r'^"generate";r=(\d+);t=(\d+)$')

@@ -22,6 +22,8 @@ import pytest
 
 from imagegen_testing.stack import RunningStack, start_stack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",

@@ -4,6 +4,7 @@ account's default webhook set with `imagegen admin webhook`, failures, and the S
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,15 +16,20 @@ from typing import Any
 
 import grpc
 import httpx
+import nats
 import pytest
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen_cli.processes import imagegen_command
+from imagegen_common import nats_names
 from imagegen_gateway.api.schemas import Image, ImageResponse, ValidationErrorBody
+from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
 from imagegen_testing.stack import Account, RunningStack, start_stack
 from imagegen_testing.webhook_receiver import Delivery, WebhookReceiver
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 RETRY_DELAYS = "0.5,0.5,0.5"  # four attempts in all, quickly
 
@@ -128,11 +134,26 @@ def delivered(
         image = image_of(stack, account, image_id)
         return bool(image["webhook"] and image["webhook"]["state"] == state)
 
-    deadline = time.monotonic() + 60
-    while not done():
-        assert time.monotonic() < deadline, f"webhook of {image_id} never became {state}: {image}"
-        time.sleep(0.1)
+    eventually_blocking(
+        done, timeout=60, what=f"webhook of {image_id} becoming {state}", detail=lambda: str(image)
+    )
     return image
+
+
+def webhooks_consumer_idle(stack: RunningStack) -> bool:
+    """Whether the gateways' webhooks consumer holds nothing: no outcome waiting, none in hand,
+    none nak'ed for a later retry. An acked outcome is never delivered again, so from then on no
+    further attempt of the outcomes so far can come."""
+
+    async def idle() -> bool:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            info = await nc.jetstream().consumer_info(nats_names.EVENTS_STREAM, nats_names.WEBHOOKS_CONSUMER)
+        finally:
+            await nc.close()
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+    return asyncio.run(idle())
 
 
 def test_a_signed_webhook_is_retried_after_a_500_until_delivered(
@@ -167,7 +188,9 @@ def test_a_signed_webhook_is_retried_after_a_500_until_delivered(
     assert (image["webhook"]["attempts"], image["webhook"]["last_status"]) == (2, 200)
     assert {k: v for k, v in image.items() if k != "webhook"} == body["data"]
     assert attempts(stack, image_id) == [(1, 500), (2, 200)]
-    time.sleep(1.0)  # a delivered webhook is not sent again (allowing for one more retry delay)
+    # A delivered webhook is not sent again: proven by the event that makes it impossible (its
+    # outcome acked), not by waiting a while and seeing nothing.
+    stack.wait_for(lambda: webhooks_consumer_idle(stack), what="the webhooks consumer to ack every outcome")
     assert len(receiver.deliveries("/retried")) == 2
 
 

@@ -18,6 +18,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from imagegen_cli.processes import ChildProcess, imagegen_command
 from imagegen_testing.net import free_port
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 
 class DevRun:
     def __init__(self, process: ChildProcess, ready: dict[str, str]) -> None:

@@ -21,6 +21,8 @@ import pytest
 
 from imagegen_testing.stack import RunningStack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 BASELINE = Path(__file__).parent / "conformance" / "expected-failures.yml"
 CONFORMANCE = Path("node_modules", "@modelcontextprotocol", "conformance", "dist", "index.js")
 

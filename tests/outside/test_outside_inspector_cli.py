@@ -17,6 +17,8 @@ from PIL import Image
 
 from imagegen_testing.stack import RunningStack
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 INSPECTOR = Path(
     "node_modules", "@modelcontextprotocol", "inspector", "clients", "launcher", "build", "index.js"
 )

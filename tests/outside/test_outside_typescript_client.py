@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
 from imagegen_testing.stack import RunningStack
+
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
 
 
 def run_client(

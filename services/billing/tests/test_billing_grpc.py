@@ -23,6 +23,7 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
 from imagegen_common import rpc_errors
 from imagegen_common.catalog import load_catalog
+from imagegen_testing import eventually
 
 if TYPE_CHECKING:  # the async stub classes exist only in the type stubs
     BillingStub = billing_service_pb2_grpc.BillingServiceAsyncStub
@@ -34,15 +35,6 @@ RELEASED = resources_pb2.Reservation.STATE_RELEASED
 Reason = pb.ErrorReason
 IMAGE = resources_pb2.JobResult(image_url="http://x/images/img.png", mime_type="image/png")
 FAILURE = resources_pb2.JobResult(error=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, error_message="refused")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 400) -> None:
-    """Polls until ``check`` holds (bounded by attempts, not asserted on time)."""
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("condition never held")
 
 
 async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:

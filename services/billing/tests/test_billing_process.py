@@ -19,6 +19,8 @@ from imagegen_cli.processes import imagegen_command
 from imagegen_testing.net import free_port
 from imagegen_testing.processes import ServiceProcess, grpc_serving, http_ok
 
+pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
 
 @pytest.fixture
 def admin_token() -> str:

@@ -11,25 +11,20 @@ from pathlib import Path
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.domain import JobError, ReleaseReason, ReservationState, ReserveRequest
 from imagegen_billing.server import BillingServer
+from imagegen_billing.settlement import SETTLEMENT_CONCURRENCY
 from imagegen_common import nats_names
+from imagegen_testing import eventually
 from imagegen_testing.nats_server import NatsServer
 
 SettingsFactory = Callable[..., BillingSettings]
 ServerFactory = Callable[[BillingSettings], Awaitable[BillingServer]]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], attempts: int = 600) -> None:
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError("condition never held")
 
 
 def settled(result: str) -> float:
@@ -196,3 +191,56 @@ async def test_an_event_that_cannot_be_settled_now_is_retried_later(
     assert (await server.ledger.reservation("img_later")).state is ReservationState.CAPTURED
     [retry] = [r for r in caplog.records if r.getMessage() == "job event not settled; retrying"]
     assert retry.delay == 1.0  # type: ignore[attr-defined]  # backed off, not redelivered at once
+
+
+async def test_the_consumer_holds_no_more_events_than_it_settles_and_hands_back_on_stop(
+    nats_server: NatsServer,
+    nc: Client,
+    sqlite_url: str,
+    make_settings: SettingsFactory,
+    start_billing: ServerFactory,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through messaging.SlotPuller: while every settlement hangs, the consumer holds exactly as
+    many events as it settles at once (not a prefetched batch, ag2ai/faststream#2563); stopped
+    past its graceful timeout, it hands them back, so another consumer gets them at once."""
+    server = await start_billing(
+        make_settings(
+            sqlite_url,
+            billing_settlement_enabled=True,
+            nats_url=nats_server.url,
+            billing_shutdown_grace_seconds=0.1,  # hand back soon rather than wait for the hang
+        )
+    )
+    consumer = server.settlement
+    assert consumer is not None
+    await asyncio.wait_for(consumer.started.wait(), timeout=30)
+    hanging: list[str] = []
+    never = asyncio.Event()
+
+    async def hanging_capture(job_id: str, *args: object, **kwargs: object) -> object:
+        hanging.append(job_id)
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(server.ledger, "capture", hanging_capture)
+    for i in range(10):
+        await publish(nc, image_outcome(f"img_{i}"), f"outcome-img_{i}")
+    await eventually(lambda: len(hanging) == SETTLEMENT_CONCURRENCY, what="settlements in hand")
+    info = await nc.jetstream().consumer_info(
+        nats_names.EVENTS_STREAM, nats_names.BILLING_SETTLEMENT_CONSUMER
+    )
+    assert info.num_ack_pending == SETTLEMENT_CONCURRENCY  # nothing fetched beyond them
+
+    await consumer.stop()
+    # Handed back (nak), not left to their 30 s ack wait: the next consumer gets all ten now.
+    sub = await nc.jetstream().pull_subscribe_bind(
+        durable=nats_names.BILLING_SETTLEMENT_CONSUMER, stream=nats_names.EVENTS_STREAM
+    )
+    again: list[Msg] = []
+    async with asyncio.timeout(5):
+        while len(again) < 10:  # a fetch may answer with part of a batch
+            again += await sub.fetch(batch=10 - len(again), timeout=5)
+    deliveries = sorted(m.metadata.num_delivered or 0 for m in again)
+    assert deliveries == [1] * (10 - SETTLEMENT_CONCURRENCY) + [2] * SETTLEMENT_CONCURRENCY

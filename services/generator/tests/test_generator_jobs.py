@@ -4,7 +4,6 @@ deadlines, retries and the lost last delivery."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 
 import pytest
@@ -17,8 +16,9 @@ from imagegen_common.images import image_url, parse_image_url
 from imagegen_generator.app import running_generator
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.consumer import ConsumerOptions, consumer_config
+from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeReplicate
-from imagegen_testing.jobs import Bus, make_job, wait_until
+from imagegen_testing.jobs import Bus, make_job
 
 Settings = Callable[..., GeneratorSettings]
 
@@ -96,7 +96,7 @@ async def test_a_provider_call_running_at_the_deadline_is_cancelled_upstream(
         outcome = await bus.replies.outcome(job.job_id)
         assert outcome.failure.code == jobs_pb2.ERROR_CODE_DEADLINE_EXCEEDED
         assert "deadline" in outcome.failure.message
-        await wait_until(lambda: len(fake_replicate.cancels) == 1, what="the prediction's cancel")
+        await eventually(lambda: len(fake_replicate.cancels) == 1, what="the prediction's cancel")
         assert len(fake_replicate.creates) == 1
 
 
@@ -109,11 +109,11 @@ async def test_cancel_job_stops_a_running_job_and_its_prediction(
     async with running_generator(replicate_settings(replicate_wait_seconds=2)):
         job = make_job()
         await bus.submit(job)
-        await wait_until(lambda: len(fake_replicate.creates) == 1, what="the prediction")
+        await eventually(lambda: len(fake_replicate.creates) == 1, what="the prediction")
         await bus.cancel(job.job_id)
         outcome = await bus.replies.outcome(job.job_id)
         assert outcome.failure.code == jobs_pb2.ERROR_CODE_CANCELLED
-        await wait_until(lambda: len(fake_replicate.cancels) == 1, what="the prediction's cancel")
+        await eventually(lambda: len(fake_replicate.cancels) == 1, what="the prediction's cancel")
         events = await bus.outcome_events()
         assert [e.failure.code for e in events] == [jobs_pb2.ERROR_CODE_CANCELLED]
 
@@ -199,7 +199,7 @@ async def test_a_redelivered_job_whose_image_is_stored_is_not_made_again(
         await bus.js.delete_stream(nats_names.EVENTS_STREAM)
         job = make_job(report_start=False)
         await bus.submit(job)
-        await wait_until(
+        await eventually(
             lambda: "job outcome could not be published" in caplog.text, what="the failed publish"
         )
         filename = f"{job.job_id}.png"
@@ -307,12 +307,12 @@ async def test_a_job_whose_last_delivery_was_lost_gets_a_failed_outcome(
     async with running_generator(settings):
         outcome = await bus.replies.outcome(job.job_id)
         assert outcome.failure.code == jobs_pb2.ERROR_CODE_INTERNAL
-        await wait_until(lambda: True)
-        info = await bus.js.stream_info(nats_names.JOBS_STREAM)
-        deadline = time.monotonic() + 10
-        while info.state.messages and time.monotonic() < deadline:
-            info = await bus.js.stream_info(nats_names.JOBS_STREAM)
-        assert info.state.messages == 0
+
+        async def work_queue_empty() -> bool:
+            return (await bus.js.stream_info(nats_names.JOBS_STREAM)).state.messages == 0
+
+        # The outcome is published before the job is deleted from the work queue: wait for that.
+        await eventually(work_queue_empty, timeout=10, what="the exhausted job to leave the work queue")
     assert [e.job_id for e in await bus.outcome_events()] == [job.job_id]
 
 
@@ -332,10 +332,13 @@ async def test_no_reply_subject_still_publishes_the_outcome_event(local_settings
         job = make_job(reply=False)
         job.ClearField("submit_time")
         await bus.submit(job)
-        deadline = time.monotonic() + 30
         events: list[jobs_pb2.JobOutcome] = []
-        while not events and time.monotonic() < deadline:
-            events = await bus.outcome_events()
+
+        async def published() -> bool:
+            events[:] = await bus.outcome_events()
+            return bool(events)
+
+        await eventually(published, what="the outcome event")
     assert [e.job_id for e in events] == [job.job_id]
     assert events[0].WhichOneof("result") == "image"
 

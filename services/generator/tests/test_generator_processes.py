@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from imagegen.jobs.v1 import jobs_pb2
+from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
-from imagegen_testing.jobs import Bus, make_job, wait_until
+from imagegen_testing.jobs import Bus, make_job
 from imagegen_testing.nats_server import NatsServer
 from imagegen_testing.net import free_port
 from imagegen_testing.processes import ServiceProcess, http_ok
@@ -116,7 +117,7 @@ async def test_a_job_of_a_killed_replica_is_completed_by_another(
     first, _ = replicas.start("generator-a", **env)
     job = make_job("flux-schnell", 640, 640)
     await bus.submit(job)
-    await wait_until(lambda: len(fake_replicate.creates) == 1, what="the first prediction")
+    await eventually(lambda: len(fake_replicate.creates) == 1, what="the first prediction")
     first.kill()  # SIGKILL mid-job: no nak, no outcome
 
     fake_replicate.behaviour = FakeBehaviour()
@@ -137,7 +138,7 @@ async def test_sigterm_finishes_jobs_in_flight_and_exits_0(
     jobs = [make_job() for _ in range(2)]
     for job in jobs:
         await bus.submit(job)
-    await wait_until(lambda: len(fake_replicate.creates) == 2, what="both predictions")
+    await eventually(lambda: len(fake_replicate.creates) == 2, what="both predictions")
     replica.send_signal(signal.SIGTERM)
     assert replica.wait(timeout=30) == 0, replica.logs()[-3000:]  # one signal: it ends by itself
     for job in jobs:
@@ -153,7 +154,7 @@ async def test_sigterm_hands_back_jobs_not_finished_within_the_drain_timeout(
     replica, _ = replicas.start("generator-a", **env)
     job = make_job()
     await bus.submit(job)
-    await wait_until(lambda: len(fake_replicate.creates) == 1, what="the prediction")
+    await eventually(lambda: len(fake_replicate.creates) == 1, what="the prediction")
     replica.send_signal(signal.SIGTERM)
     assert replica.wait(timeout=30) == 0, replica.logs()[-3000:]  # one signal: it ends by itself
     assert len(fake_replicate.cancels) == 1  # its prediction was cancelled upstream

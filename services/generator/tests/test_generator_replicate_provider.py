@@ -26,8 +26,8 @@ from imagegen_generator.providers.replicate import (
     first_output_url,
     parse_retry_after,
 )
+from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeReplicate, output_size, render_output
-from imagegen_testing.jobs import wait_until
 
 CATALOG = load_catalog()
 
@@ -334,11 +334,11 @@ async def test_cancelling_the_call_cancels_the_prediction(
 ) -> None:
     fake_replicate.behaviour.hold = True
     task = asyncio.create_task(provider.generate(request(deadline=time.time() + 1)))
-    await wait_until(lambda: len(fake_replicate.recorded("GET", "/v1/predictions/")) > 0, what="polling")
+    await eventually(lambda: len(fake_replicate.recorded("GET", "/v1/predictions/")) > 0, what="polling")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: len(fake_replicate.cancels) == 1, what="the cancel")
+    await eventually(lambda: len(fake_replicate.cancels) == 1, what="the cancel")
     prediction_id = fake_replicate.cancels[0].path.split("/")[3]
     assert fake_replicate.prediction_status(prediction_id) == "canceled"
 

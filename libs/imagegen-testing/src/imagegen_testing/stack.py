@@ -4,7 +4,6 @@ the gateway, started with the same code as ``imagegen dev``, each process loggin
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import resources_pb2
 from imagegen_cli.dev import Stack, port_or_free
 from imagegen_testing.nats_server import NatsServer
+from imagegen_testing.polling import eventually_blocking
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,9 @@ class RunningStack:
         return list(reply.entries)
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-        """Polls until ``condition`` holds (never asserts on how long it took, only that it happened)."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not happen within {timeout:.0f}s\n{self.logs()}")
-            time.sleep(0.1)
+        """Polls until ``condition`` holds (never asserts on how long it took, only that it happened);
+        the services' logs are in the failure."""
+        eventually_blocking(condition, timeout=timeout, what=what, detail=self.logs)
 
     def logs(self) -> str:
         return "\n".join(

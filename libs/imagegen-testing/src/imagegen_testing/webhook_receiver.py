@@ -4,10 +4,11 @@ each path with the statuses a test scripts for it (then 200)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from imagegen_testing.polling import eventually_blocking
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,13 @@ class WebhookReceiver:
 
     def wait_for(self, path: str, count: int, timeout: float = 60.0) -> list[Delivery]:
         """The first ``count`` deliveries to ``path``, once they came (bounded by ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while len(found := self.deliveries(path)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{len(found)} of {count} deliveries to {path} arrived within {timeout}s"
-                )
-            time.sleep(0.05)
+        eventually_blocking(
+            lambda: len(self.deliveries(path)) >= count,
+            timeout=timeout,
+            what=f"{count} deliveries to {path}",
+            detail=lambda: f"{len(self.deliveries(path))} arrived",
+        )
+        found = self.deliveries(path)
         return found[:count]
 
     def __iter__(self) -> Iterator[Delivery]:

@@ -44,7 +44,7 @@ def main(ctx: typer.Context) -> None:
         log.error("refusing to start: %s; generate one with: %s", problem, _TOKEN_RECIPE)
         raise typer.Exit(EXIT_CONFIG)
     # Imported here: the root `imagegen` command loads this module for every sub-command (`imagegen
-    # admin …` too), and the server's dependencies (SQLAlchemy, Alembic, faststream) take seconds.
+    # admin …` too), and the server's dependencies (SQLAlchemy, Alembic, nats-py) take seconds.
     from imagegen_billing.server import serve  # noqa: PLC0415
 
     try:

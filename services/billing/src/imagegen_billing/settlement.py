@@ -14,12 +14,11 @@ import logging
 from datetime import UTC
 
 import nats.errors
-from faststream.exceptions import NackMessage, RejectMessage
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing import convert, metrics
@@ -28,13 +27,9 @@ from imagegen_billing.ledger import Ledger
 from imagegen_billing.store import now
 from imagegen_common import nats_names
 from imagegen_common.jetstream import ensure_stream
-from imagegen_common.settings import server_list
+from imagegen_common.messaging import HANDLER_BACKOFF, Backoff, SlotPuller, connect, retry_forever
 
 log = logging.getLogger(__name__)
-
-#: Events fetched per pull request.
-FETCH_BATCH = 32
-_RETRY_MAX_SECONDS = 30.0
 
 
 def failure_code(failure: jobs_pb2.JobFailure) -> JobError:
@@ -79,14 +74,33 @@ async def settle_outcome(ledger: Ledger, outcome: jobs_pb2.JobOutcome) -> Settle
     return settled.outcome
 
 
-#: Backoff of an event that could not be settled (the database is down, say): 1, 2, 4 … 60 s.
-RETRY_FIRST_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0
+#: Events settled at the same time (each is one short transaction, idempotent on its job id).
+SETTLEMENT_CONCURRENCY = 4
+#: How long one pull request waits for events before asking again (also how long a stop may wait for
+#: the pull under way, whose events it hands back).
+FETCH_TIMEOUT_SECONDS = 1.0
+#: Ack wait of the durable consumer: an event whose settlement hangs this long goes to a retry.
+ACK_WAIT_SECONDS = 30.0
+
+
+def settlement_consumer_config() -> ConsumerConfig:
+    """Billing's durable consumer of every job event (outcomes and starts)."""
+    return ConsumerConfig(
+        durable_name=nats_names.BILLING_SETTLEMENT_CONSUMER,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_SECONDS,
+        filter_subject=nats_names.EVENTS_SUBJECTS,
+    )
 
 
 class SettlementConsumer:
-    """The consumer as a background task: ``start()`` returns at once, ``stop()`` finishes the
-    events in hand and disconnects."""
+    """The consumer as a background task: ``start()`` returns at once (billing serves without NATS
+    and connects when it can), ``stop()`` finishes the events in hand and hands back the rest.
+
+    Pulls with ``messaging.SlotPuller`` (which says why not faststream's ``PullSub``); an event that
+    cannot be settled now is nak'ed with ``messaging.HANDLER_BACKOFF.delay(delivery)``.
+    """
 
     def __init__(
         self,
@@ -95,52 +109,52 @@ class SettlementConsumer:
         stream_replicas: int = 1,
         connect_timeout_seconds: float = 5.0,
         graceful_timeout_seconds: float = 10.0,
+        *,
+        concurrency: int = SETTLEMENT_CONCURRENCY,
+        backoff: Backoff = HANDLER_BACKOFF,
     ) -> None:
         self.ledger = ledger
         self.stream_replicas = stream_replicas
         self.started = asyncio.Event()
+        self._nats_url = nats_url
+        self._connect_timeout_seconds = connect_timeout_seconds
+        self._graceful_timeout_seconds = graceful_timeout_seconds
+        self._concurrency = concurrency
+        self._backoff = backoff
         self._task: asyncio.Task[None] | None = None
         self._connection: Client | None = None
-        self._reported_unreachable = False
-        self.broker = NatsBroker(
-            server_list(nats_url),
-            name="imagegen-billing",
-            connect_timeout=max(1, round(connect_timeout_seconds)),
-            # Never give up: not at start-up (NATS may come later) and not after a disconnect.
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=2,
-            error_cb=self._on_error,
-            reconnected_cb=self._on_reconnected,
-            graceful_timeout=graceful_timeout_seconds,
-            logger=log,
-            log_level=logging.DEBUG,
-        )
-        self.broker.subscriber(
-            nats_names.EVENTS_SUBJECTS,
-            stream=JStream(nats_names.EVENTS_STREAM, declare=False),
-            durable=nats_names.BILLING_SETTLEMENT_CONSUMER,
-            pull_sub=PullSub(batch_size=FETCH_BATCH, timeout=5.0),
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-        )(self._on_message)
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._puller: SlotPuller | None = None
 
-    async def _on_message(self, message: NatsMessage) -> None:
-        subject = message.raw_message.subject
+    async def _on_message(self, msg: Msg) -> None:
+        subject = msg.subject
         try:
             if subject == nats_names.OUTCOME_SUBJECT:
-                await self._on_outcome(jobs_pb2.JobOutcome.FromString(message.body))
+                await self._on_outcome(jobs_pb2.JobOutcome.FromString(msg.data))
             elif subject == nats_names.STARTED_SUBJECT:
-                await self._on_started(jobs_pb2.JobStarted.FromString(message.body))
+                await self._on_started(jobs_pb2.JobStarted.FromString(msg.data))
+        except asyncio.CancelledError:
+            # Stopped past the drain timeout: hand it back, so that the next consumer settles it now.
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+            raise
         except (DecodeError, ValueError) as error:
             log.warning("unusable job event dropped", extra={"subject": subject, "error": str(error)})
-            raise RejectMessage() from error
+            with contextlib.suppress(nats.errors.Error):
+                await msg.term()
+            return
         except Exception as error:  # the database is away, say: try again later, not in a tight loop
-            attempt = message.raw_message.metadata.num_delivered or 1
-            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (attempt - 1))
+            delay = self._backoff.delay(msg.metadata.num_delivered or 1)
             log.warning(
                 "job event not settled; retrying",
                 extra={"subject": subject, "error": repr(error), "delay": delay},
             )
-            raise NackMessage(delay=delay) from error
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=delay)
+            return
+        # Acked only after the transaction committed; a lost ack means a redelivery, settled once.
+        with contextlib.suppress(nats.errors.Error):
+            await msg.ack()
 
     async def _on_outcome(self, outcome: jobs_pb2.JobOutcome) -> None:
         result = await settle_outcome(self.ledger, outcome)
@@ -157,41 +171,58 @@ class SettlementConsumer:
         self._task = asyncio.create_task(self._run(), name="settlement-consumer")
 
     async def _run(self) -> None:
-        connection = self._connection = await self.broker.connect()
-        self._reported_unreachable = False
-        delay = 1.0
-        while True:
-            try:
-                await ensure_stream(
-                    connection.jetstream(), nats_names.events_stream_config(self.stream_replicas)
-                )
-                await self.broker.start()
-                break
-            except Exception as error:  # JetStream not ready yet, a timeout…: try again
-                log.warning("settlement consumer not started, retrying", extra={"error": repr(error)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_SECONDS)
+        connection = self._connection = await connect(
+            self._nats_url,
+            name=nats_names.BILLING_CLIENT,
+            connect_timeout_seconds=self._connect_timeout_seconds,
+        )
+        js = connection.jetstream()
+
+        async def bind() -> JetStreamContext.PullSubscription:
+            await ensure_stream(js, nats_names.events_stream_config(self.stream_replicas))
+            await js.add_consumer(nats_names.EVENTS_STREAM, settlement_consumer_config())
+            return await js.pull_subscribe_bind(
+                durable=nats_names.BILLING_SETTLEMENT_CONSUMER, stream=nats_names.EVENTS_STREAM
+            )
+
+        # JetStream may not be ready yet (a cluster electing its leader, say): keep trying.
+        self._sub = await retry_forever(bind, what="starting the settlement consumer")
+        self._puller = SlotPuller(
+            self._sub,
+            self._on_message,
+            concurrency=self._concurrency,
+            fetch_timeout=FETCH_TIMEOUT_SECONDS,
+            name="settlement-pull-loop",
+        )
+        self._puller.start()
         self.started.set()
         log.info("settlement consumer started", extra={"consumer": nats_names.BILLING_SETTLEMENT_CONSUMER})
 
     async def stop(self) -> None:
+        """Stops pulling, lets the events in hand settle (up to the graceful timeout), hands back the
+        rest (nak: redelivered at once to the next consumer) and closes the connection."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            self._task.cancel()  # still connecting or binding: nothing in hand
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        try:
-            await self.broker.stop()  # finishes the events in hand, then drains the connection
-        except nats.errors.Error:
-            # NATS is away: there is nothing to drain, but the client must stop reconnecting.
-            if self._connection is not None:
-                await self._connection.close()
-
-    async def _on_error(self, error: Exception) -> None:
-        # nats-py reports every failed attempt; one line per outage is enough.
-        if not self._reported_unreachable:
-            self._reported_unreachable = True
-            log.warning("NATS unreachable, retrying", extra={"error": repr(error)})
-
-    async def _on_reconnected(self) -> None:
-        self._reported_unreachable = False
-        log.info("NATS reconnected")
+        if self._puller is not None:
+            handed_back = await self._puller.stop(self._graceful_timeout_seconds)
+            if handed_back:
+                log.warning("handed back job events not settled in time", extra={"events": handed_back})
+        self._puller = None
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if connection.is_connected:
+            try:
+                await connection.drain()
+                return
+            except (nats.errors.Error, TimeoutError):
+                pass
+        # NATS is away: there is nothing to drain, but the client must stop reconnecting.
+        await connection.close()

@@ -7,12 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import nats
 from nats.aio.client import Client as NATS
 
 from imagegen_common import nats_names
 from imagegen_common.images import ImageStore, open_image_store
 from imagegen_common.jetstream import ensure_key_value
+from imagegen_common.messaging import connect
 from imagegen_common.safe_fetch import FetchPolicy, SafeFetcher
 from imagegen_gateway.authentication import Authenticator
 from imagegen_gateway.billing_client import BillingClient
@@ -53,12 +53,12 @@ class Gateway:
 
 
 async def _connect_nats(settings: GatewaySettings) -> NATS:
-    return await nats.connect(
-        servers=settings.nats_servers,
-        name="imagegen-gateway",
-        connect_timeout=settings.nats_connect_timeout_seconds,
-        max_reconnect_attempts=-1,  # keep trying for as long as we run; readiness reports the outage
-        reconnect_time_wait=1,
+    # Reconnects forever: readiness reports an outage while it lasts.
+    return await connect(
+        settings.nats_url,
+        name=nats_names.GATEWAY_CLIENT,
+        connect_timeout_seconds=settings.nats_connect_timeout_seconds,
+        reconnect_wait_seconds=1.0,
     )
 
 

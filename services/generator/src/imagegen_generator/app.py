@@ -1,5 +1,5 @@
-"""Wiring of one generator replica: the faststream NATS broker (connection, the CancelJob and
-max-deliveries subscribers, publishing), streams and buckets, the provider, the store, the job
+"""Wiring of one generator replica: the NATS connection (``imagegen_common.messaging.connect``), the
+CancelJob and max-deliveries subscriptions, streams and buckets, the provider, the store, the job
 consumer, and the operations server."""
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from faststream.nats import NatsBroker, NatsMessage
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from imagegen.jobs.v1 import jobs_pb2
@@ -23,6 +27,7 @@ from imagegen_common.ids import random_id
 from imagegen_common.images import ImageStore, open_image_store
 from imagegen_common.jetstream import ensure_key_value, ensure_stream
 from imagegen_common.logging import configure_logging
+from imagegen_common.messaging import connect, retry_forever
 from imagegen_common.ops_http import serving_ops
 from imagegen_common.safe_fetch import FetchPolicy, Resolver, SafeFetcher
 from imagegen_generator import metrics
@@ -65,15 +70,15 @@ class Generator:
     """A running replica (what `running_generator` yields)."""
 
     settings: GeneratorSettings
-    broker: NatsBroker
+    nc: Client
     consumer: JobConsumer
     store: ImageStore
     provider: Provider
 
     async def ready(self) -> dict[str, bool]:
-        checks = {"nats": self.broker.connection.is_connected, "stream": False, "consumer": False}
+        checks = {"nats": self.nc.is_connected, "stream": False, "consumer": False}
         if checks["nats"]:
-            js = self.broker.connection.jetstream()
+            js = self.nc.jetstream()
             with contextlib.suppress(Exception):
                 await js.stream_info(nats_names.JOBS_STREAM)
                 checks["stream"] = True
@@ -81,17 +86,6 @@ class Generator:
                 await js.consumer_info(nats_names.JOBS_STREAM, nats_names.GENERATOR_CONSUMER, timeout=2.0)
                 checks["consumer"] = True
         return checks
-
-
-def _broker(settings: GeneratorSettings) -> NatsBroker:
-    return NatsBroker(
-        settings.nats_servers,
-        name="imagegen-generator",
-        connect_timeout=max(1, round(settings.nats_connect_timeout_seconds)),
-        max_reconnect_attempts=-1,  # keep trying: the readiness probe tells the orchestrator
-        graceful_timeout=settings.generator_drain_timeout_seconds,
-        logger=logging.getLogger("imagegen_generator.broker"),
-    )
 
 
 @contextlib.asynccontextmanager
@@ -109,32 +103,27 @@ async def running_generator(
     """
     catalog = catalog or load_catalog(settings.catalog_path)
     provider = provider or make_provider(settings)
-    broker = _broker(settings)
-    events = NatsJobEvents(broker, known_models=frozenset(catalog.models))
+    nc = await connect(
+        settings.nats_url,
+        name=nats_names.GENERATOR_CLIENT,
+        connect_timeout_seconds=settings.nats_connect_timeout_seconds,
+    )
+    events = NatsJobEvents(nc, known_models=frozenset(catalog.models))
     consumer_ref: list[JobConsumer] = []
 
-    @broker.subscriber(nats_names.CANCEL_SUBJECT)
-    async def on_cancel(message: NatsMessage) -> None:
-        request = jobs_pb2.CancelJob.FromString(message.body)
-        if consumer_ref and consumer_ref[0].cancel(request.job_id):
-            log.info(
-                "cancelling a running job", extra={"job_id": request.job_id, "reason": request.reason[:200]}
-            )
-
-    # A queue group: exactly one replica turns an exhausted job into its failed outcome.
-    @broker.subscriber(nats_names.MAX_DELIVERIES_ADVISORY, queue=nats_names.GENERATOR_CONSUMER)
-    async def on_max_deliveries(message: NatsMessage) -> None:
-        if consumer_ref:
-            await consumer_ref[0].on_max_deliveries(message.body)
-
-    await broker.start()
+    subscriptions = await _subscribe_control(nc, consumer_ref)
     try:
-        js = broker.connection.jetstream()
+        js = nc.jetstream()
         replicas = settings.nats_stream_replicas
-        await ensure_stream(js, nats_names.jobs_stream_config(replicas))
-        await ensure_stream(js, nats_names.events_stream_config(replicas))
-        cancelled = KvCancelledJobs(await ensure_key_value(js, nats_names.cancelled_jobs_kv_config(replicas)))
-        async with open_image_store(settings, broker.connection, replicas=replicas) as store:
+
+        async def ensure_streams() -> KeyValue:
+            await ensure_stream(js, nats_names.jobs_stream_config(replicas))
+            await ensure_stream(js, nats_names.events_stream_config(replicas))
+            return await ensure_key_value(js, nats_names.cancelled_jobs_kv_config(replicas))
+
+        # JetStream may not be ready yet (a cluster electing its leader, say): keep trying.
+        cancelled = KvCancelledJobs(await retry_forever(ensure_streams, what="creating the streams"))
+        async with open_image_store(settings, nc, replicas=replicas) as store:
             fetcher = SafeFetcher(
                 FetchPolicy.from_settings(settings), resolver=resolver, transport=fetch_transport
             )
@@ -173,7 +162,7 @@ async def running_generator(
                 extra={"provider": provider.name, "concurrency": settings.generator_concurrency},
             )
             try:
-                yield Generator(settings, broker, consumer, store, provider)
+                yield Generator(settings, nc, consumer, store, provider)
             finally:
                 poller.cancel()
                 announcer.cancel()
@@ -182,7 +171,54 @@ async def running_generator(
                 await consumer.stop(settings.generator_drain_timeout_seconds)
     finally:
         await provider.aclose()
-        await broker.stop()
+        for subscription in subscriptions:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        await _close(nc)
+
+
+async def _subscribe_control(nc: Client, consumer_ref: list[JobConsumer]) -> list[Subscription]:
+    """CancelJob (to every replica) and the jobs consumer's max-deliveries advisory (to one)."""
+
+    async def on_cancel(message: Msg) -> None:
+        try:
+            request = jobs_pb2.CancelJob.FromString(message.data)
+        except DecodeError:
+            log.warning("dropping a message that is not a CancelJob")
+            return
+        if consumer_ref and consumer_ref[0].cancel(request.job_id):
+            log.info(
+                "cancelling a running job", extra={"job_id": request.job_id, "reason": request.reason[:200]}
+            )
+
+    async def on_max_deliveries(message: Msg) -> None:
+        if not consumer_ref:
+            return
+        try:
+            await consumer_ref[0].on_max_deliveries(message.data)
+        except Exception:
+            # NATS away, say: the job stays queued until its max age; billing's reaper frees its credits.
+            log.exception("a job that ran out of deliveries could not be failed")
+
+    return [
+        await nc.subscribe(nats_names.CANCEL_SUBJECT, cb=on_cancel),
+        # A queue group: exactly one replica turns an exhausted job into its failed outcome.
+        await nc.subscribe(
+            nats_names.MAX_DELIVERIES_ADVISORY, queue=nats_names.GENERATOR_CONSUMER, cb=on_max_deliveries
+        ),
+    ]
+
+
+async def _close(nc: Client) -> None:
+    """Drains the connection (what was published is sent); closes it when NATS is away, so that the
+    client stops reconnecting."""
+    if nc.is_connected:
+        try:
+            await nc.drain()
+            return
+        except (nats.errors.Error, TimeoutError):
+            pass
+    await nc.close()
 
 
 async def _announce(registry: KeyValue, provider: Provider) -> None:

@@ -1,7 +1,7 @@
 """The jobs consumer: pulls from the durable consumer ``generators`` that every replica shares, runs
 each job, publishes its outcome, then acks.
 
-A replica asks for exactly as many jobs as it has free slots (``imagegen_common.jetstream.SlotPuller``,
+A replica asks for exactly as many jobs as it has free slots (``imagegen_common.messaging.SlotPuller``,
 which says why not faststream's ``PullSub``), extends the ack wait of the jobs it works on, and hands
 back (nak) whatever it does not finish when it stops.
 
@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
-from imagegen_common.jetstream import SlotPuller
+from imagegen_common.messaging import SlotPuller
 from imagegen_generator import metrics
 from imagegen_generator.errors import InternalError
 from imagegen_generator.messaging import NatsJobEvents

@@ -1,11 +1,12 @@
-"""The generator's NATS side that is not the job consumer: streams and buckets it needs, the events
-it publishes (started, progress, outcome) and the cancelled-jobs bucket."""
+"""The generator's NATS side that is not the job consumer: the events it publishes (started,
+progress, outcome) and the cancelled-jobs bucket. Plain nats-py on the connection of
+``imagegen_common.messaging.connect``, like every service."""
 
 from __future__ import annotations
 
 import logging
 
-from faststream.nats import NatsBroker
+from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -36,37 +37,38 @@ class NatsJobEvents:
     """Publishes what a job says: JobStarted and JobOutcome durably on the events stream, progress
     and the outcome on the job's reply subject (core NATS: only a waiting gateway cares)."""
 
-    def __init__(self, broker: NatsBroker, known_models: frozenset[str]) -> None:
-        self._broker = broker
+    def __init__(self, nc: Client, known_models: frozenset[str]) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
         self._known_models = known_models
 
     async def started(self, event: jobs_pb2.JobStarted) -> None:
-        await self._broker.publish(
-            event.SerializeToString(),
+        await self._js.publish(
             nats_names.STARTED_SUBJECT,
-            headers={"Nats-Msg-Id": f"started-{event.job_id}-{event.attempt}"},
-            stream=nats_names.EVENTS_STREAM,
+            event.SerializeToString(),
             timeout=PUBLISH_TIMEOUT_SECONDS,
+            stream=nats_names.EVENTS_STREAM,
+            headers={"Nats-Msg-Id": f"started-{event.job_id}-{event.attempt}"},
         )
 
     async def progress(self, reply_subject: str, progress: jobs_pb2.JobProgress) -> None:
-        await self._broker.publish(jobs_pb2.JobUpdate(progress=progress).SerializeToString(), reply_subject)
+        await self._nc.publish(reply_subject, jobs_pb2.JobUpdate(progress=progress).SerializeToString())
 
     async def outcome(self, outcome: jobs_pb2.JobOutcome, reply_subject: str) -> bool:
         """Publishes the outcome; returns False when an outcome of this job was already published
         (a redelivered job), in which case the reply subject is not told again."""
-        ack = await self._broker.publish(
-            outcome.SerializeToString(),
+        ack = await self._js.publish(
             nats_names.OUTCOME_SUBJECT,
-            headers={"Nats-Msg-Id": f"outcome-{outcome.job_id}"},
-            stream=nats_names.EVENTS_STREAM,
+            outcome.SerializeToString(),
             timeout=PUBLISH_TIMEOUT_SECONDS,
+            stream=nats_names.EVENTS_STREAM,
+            headers={"Nats-Msg-Id": f"outcome-{outcome.job_id}"},
         )
-        if ack is not None and ack.duplicate:
+        if ack.duplicate:
             log.info("outcome already published", extra={"job_id": outcome.job_id})
             return False
         if reply_subject:
-            await self._broker.publish(jobs_pb2.JobUpdate(outcome=outcome).SerializeToString(), reply_subject)
+            await self._nc.publish(reply_subject, jobs_pb2.JobUpdate(outcome=outcome).SerializeToString())
         code = outcome.failure.code if outcome.HasField("failure") else None
         model = outcome.model if outcome.model in self._known_models else "unknown"
         metrics.JOBS.labels(model=model, outcome=outcome_label(code)).inc()

@@ -22,6 +22,7 @@ from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common.catalog import Catalog, CatalogError, Model
 from imagegen_common.images import MIME_BY_EXTENSION, ImageStore, image_filename, image_url
 from imagegen_common.logging import prompt_preview
+from imagegen_common.messaging import Backoff
 from imagegen_common.timestamps import duration, from_seconds, seconds_of
 from imagegen_generator import metrics
 from imagegen_generator.errors import (
@@ -102,9 +103,13 @@ def failure_outcome(
     return outcome
 
 
-def retry_delay(base_seconds: float, attempt: int) -> float:
-    """Exponential: base, 2 x base, 4 x base … after the first, second, third delivery."""
-    return float(base_seconds * 2 ** max(0, attempt - 1))
+#: Longest delay before a retryable failure is tried again (the first is the configured delay).
+RETRY_MAX_SECONDS = 60.0
+
+
+def retry_backoff(first_seconds: float) -> Backoff:
+    """Exponential: first, 2 x first, 4 x first … after the first, second, third delivery, capped."""
+    return Backoff(first_seconds=first_seconds, max_seconds=max(first_seconds, RETRY_MAX_SECONDS))
 
 
 class JobRunner:
@@ -128,6 +133,7 @@ class JobRunner:
         self._cancelled_jobs = cancelled_jobs
         self._options = options
         self._clock = clock
+        self._retry_backoff = retry_backoff(options.retry_delay_seconds)
 
     async def run(
         self, job: jobs_pb2.GenerationJob, attempt: int, max_attempts: int, cancel: asyncio.Event
@@ -157,7 +163,7 @@ class JobRunner:
         extra: dict[str, Any],
     ) -> Decision:
         now = self._clock()
-        delay = retry_delay(self._options.retry_delay_seconds, attempt)
+        delay = self._retry_backoff.delay(attempt)
         deadline = seconds_of(job.deadline) if job.HasField("deadline") else None
         if error.retryable and attempt < max_attempts and (deadline is None or now + delay < deadline):
             log.warning(
@@ -223,14 +229,12 @@ class JobRunner:
             raise InternalError("The image could not be stored; no credits are taken for this job.") from exc
         storage_seconds = time.monotonic() - storing_started
 
-        finish = self._clock()
         submit = seconds_of(job.submit_time) if job.HasField("submit_time") else took
-        return jobs_pb2.JobOutcome(
-            job_id=job.job_id,
-            account_id=job.account_id,
-            model=job.model,
-            notify_webhook=job.notify_webhook,
-            image=jobs_pb2.GeneratedImage(
+        return self._success_outcome(
+            job,
+            attempt,
+            took,
+            jobs_pb2.GeneratedImage(
                 image_id=job.job_id,
                 url=image_url(self._options.public_base_url, stored.filename),
                 mime_type=normalized.mime_type,
@@ -238,12 +242,32 @@ class JobRunner:
                 height=normalized.height,
                 size_bytes=len(normalized.data),
             ),
-            timings=jobs_pb2.JobTimings(
+            jobs_pb2.JobTimings(
                 queue_wait=duration(took - submit),
                 provider=duration(provider_seconds),
                 storage=duration(storage_seconds),
-                total=duration(finish - submit),
             ),
+        )
+
+    def _success_outcome(
+        self,
+        job: jobs_pb2.GenerationJob,
+        attempt: int,
+        took: float,
+        image: jobs_pb2.GeneratedImage,
+        timings: jobs_pb2.JobTimings,
+    ) -> jobs_pb2.JobOutcome:
+        """The outcome of a job with its image; ``timings`` gets its total (submit to now) here."""
+        finish = self._clock()
+        submit = seconds_of(job.submit_time) if job.HasField("submit_time") else took
+        timings.total.CopyFrom(duration(finish - submit))
+        return jobs_pb2.JobOutcome(
+            job_id=job.job_id,
+            account_id=job.account_id,
+            model=job.model,
+            notify_webhook=job.notify_webhook,
+            image=image,
+            timings=timings,
             finish_time=from_seconds(finish),
             attempt=attempt,
         )
@@ -266,14 +290,11 @@ class JobRunner:
                 "job's image stored by an earlier delivery: publishing its outcome",
                 extra={"job_id": job.job_id, "model": job.model, "attempt": attempt},
             )
-            finish = self._clock()
-            submit = seconds_of(job.submit_time) if job.HasField("submit_time") else took
-            return jobs_pb2.JobOutcome(
-                job_id=job.job_id,
-                account_id=job.account_id,
-                model=job.model,
-                notify_webhook=job.notify_webhook,
-                image=jobs_pb2.GeneratedImage(
+            return self._success_outcome(
+                job,
+                attempt,
+                took,
+                jobs_pb2.GeneratedImage(
                     image_id=job.job_id,
                     url=image_url(self._options.public_base_url, found.info.filename),
                     mime_type=found.info.mime_type,
@@ -282,9 +303,7 @@ class JobRunner:
                     height=job.height,
                     size_bytes=found.info.size_bytes,
                 ),
-                timings=jobs_pb2.JobTimings(total=duration(finish - submit)),
-                finish_time=from_seconds(finish),
-                attempt=attempt,
+                jobs_pb2.JobTimings(),
             )
         return None
 

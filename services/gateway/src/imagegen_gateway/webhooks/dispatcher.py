@@ -29,7 +29,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import nats_names
-from imagegen_common.jetstream import SlotPuller, ensure_stream
+from imagegen_common.jetstream import ensure_stream
+from imagegen_common.messaging import Backoff, SlotPuller
 from imagegen_gateway import wire
 from imagegen_gateway.domain import (
     JobResult,
@@ -49,8 +50,7 @@ from imagegen_gateway.webhooks.signing import COMPLETED, FAILED, message_body, m
 log = logging.getLogger(__name__)
 #: Wait before a message whose handling failed on our side (billing unreachable) is tried again,
 #: doubled for every delivery of the message, up to the maximum.
-INTERNAL_RETRY_SECONDS = 5.0
-INTERNAL_RETRY_MAX_SECONDS = 300.0
+INTERNAL_RETRY = Backoff(first_seconds=5.0, max_seconds=300.0)
 #: Deliveries a message may have beyond its attempts, for the failures on our side.
 SPARE_DELIVERIES = 20
 _FETCH_TIMEOUT_SECONDS = 1.0
@@ -59,11 +59,6 @@ _FETCH_TIMEOUT_SECONDS = 1.0
 def retry_delay(attempt: int, delays: Sequence[float]) -> float | None:
     """Seconds before the attempt after ``attempt`` (1-based); None when none follows."""
     return delays[attempt - 1] if 1 <= attempt <= len(delays) else None
-
-
-def internal_retry_delay(deliveries: int) -> float:
-    """Seconds before a message that failed on our side is tried again (its ``deliveries`` so far)."""
-    return min(INTERNAL_RETRY_MAX_SECONDS, INTERNAL_RETRY_SECONDS * 2.0 ** min(deliveries - 1, 10))
 
 
 class Step(enum.Enum):
@@ -174,7 +169,7 @@ class WebhookDispatcher:
             level = logging.WARNING if isinstance(exc, GatewayError) else logging.ERROR
             log.log(level, "webhook handling failed; retrying", exc_info=not isinstance(exc, GatewayError))
             with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
+                await msg.nak(delay=INTERNAL_RETRY.delay(msg.metadata.num_delivered or 1))
 
     async def _handle_outcome(self, msg: Msg) -> None:
         try:
@@ -195,7 +190,7 @@ class WebhookDispatcher:
             ).reservation
             step = next_step(reservation)
             if step is Step.SETTLE:  # still held (billing did not settle it): try again later
-                await msg.nak(delay=internal_retry_delay(msg.metadata.num_delivered or 1))
+                await msg.nak(delay=INTERNAL_RETRY.delay(msg.metadata.num_delivered or 1))
                 return
         if step is Step.SKIP or reservation is None or reservation.webhook is None:
             await msg.ack()
