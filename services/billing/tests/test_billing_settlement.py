@@ -219,12 +219,12 @@ async def test_the_consumer_holds_no_more_events_than_it_settles_and_hands_back_
     hanging: list[str] = []
     never = asyncio.Event()
 
-    async def hanging_capture(job_id: str, *args: object, **kwargs: object) -> object:
+    async def hanging_settle(job_id: str, *args: object, **kwargs: object) -> object:
         hanging.append(job_id)
         await never.wait()
         raise AssertionError("unreachable")
 
-    monkeypatch.setattr(server.ledger, "capture", hanging_capture)
+    monkeypatch.setattr(server.ledger, "settle", hanging_settle)
     for i in range(10):
         await publish(nc, image_outcome(f"img_{i}"), f"outcome-img_{i}")
     await eventually(lambda: len(hanging) == SETTLEMENT_CONCURRENCY, what="settlements in hand")
