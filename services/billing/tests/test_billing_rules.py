@@ -32,6 +32,7 @@ from imagegen_billing.domain import (
     check_release_reason,
     check_repeat,
     check_reserve_request,
+    failure_release_reason,
     normalise_email,
     settle_outcome,
     settle_target,
@@ -127,6 +128,13 @@ def test_settling_is_idempotent_one_way_and_a_conflict_the_other() -> None:
 def test_a_result_decides_capture_or_release() -> None:
     assert settle_target(JobResult(image_url="http://x/i.png")) is ReservationState.CAPTURED
     assert settle_target(JobResult(error=JobError.PROVIDER_ERROR)) is ReservationState.RELEASED
+
+
+def test_a_job_stopped_for_its_submitter_is_released_as_cancelled_or_timed_out() -> None:
+    assert failure_release_reason(JobError.CANCELLED) is ReleaseReason.CANCELLED
+    assert failure_release_reason(JobError.DEADLINE_EXCEEDED) is ReleaseReason.TIMEOUT
+    assert failure_release_reason(JobError.PROVIDER_ERROR) is ReleaseReason.FAILED
+    assert failure_release_reason(None) is ReleaseReason.FAILED
     with pytest.raises(InvalidArgumentError) as refused:
         settle_target(JobResult())
     assert refused.value.field == "result"

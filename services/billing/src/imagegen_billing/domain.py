@@ -409,6 +409,16 @@ def settle_target(result: JobResult) -> ReservationState:
     raise InvalidArgumentError("a result needs an image_url or an error", field="result")
 
 
+def failure_release_reason(error: JobError | None) -> ReleaseReason:
+    """Why a failed job's credits go back: a job the generator stopped because its submitter gave up
+    (or its deadline passed) reads the same as one the submitter released itself."""
+    if error is JobError.CANCELLED:
+        return ReleaseReason.CANCELLED
+    if error is JobError.DEADLINE_EXCEEDED:
+        return ReleaseReason.TIMEOUT
+    return ReleaseReason.FAILED
+
+
 def settle_outcome(before: ReservationState | None, target: ReservationState) -> SettleOutcome:
     """What settling a reservation in state ``before`` (None: there is none) to ``target`` does."""
     if before is None:

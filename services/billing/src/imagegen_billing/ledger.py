@@ -51,6 +51,7 @@ from imagegen_billing.domain import (
     check_reserve_request,
     clip,
     clip_result,
+    failure_release_reason,
     settle_outcome,
     settle_target,
     shown,
@@ -179,7 +180,8 @@ class Ledger:
 
     async def settle(self, job_id: str, result: JobResult) -> JobSettlement:
         """Settles a job from its result, the one way an outcome reaches the credits: an image captures
-        the held reservation, a failure releases it (reason FAILED); either way the result is kept.
+        the held reservation, a failure releases it (reason FAILED, or CANCELLED/TIMEOUT for a job
+        stopped because its submitter gave up or its deadline passed); either way the result is kept.
 
         A repeat is DUPLICATE, a reservation settled the other way already is CONFLICT (nothing
         changes), a job without reservation UNKNOWN_JOB. Raises InvalidArgumentError for a result
@@ -188,7 +190,9 @@ class Ledger:
         target = settle_target(result)
         if target is ReservationState.CAPTURED:
             return await self._settle(job_id, target, None, "", result)
-        return await self._settle(job_id, target, ReleaseReason.FAILED, result.error_message, result)
+        return await self._settle(
+            job_id, target, failure_release_reason(result.error), result.error_message, result
+        )
 
     async def release(
         self, job_id: str, reason: ReleaseReason | None, detail: str = "", result: JobResult | None = None
