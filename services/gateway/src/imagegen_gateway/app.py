@@ -18,6 +18,7 @@ from imagegen_gateway.api.errors import install_error_handlers
 from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
+from imagegen_gateway.portal import install_portal  # portal (issue 11)
 from imagegen_gateway.routes import images, ops
 from imagegen_gateway.state import Gateway, open_gateway
 
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(images.router)
     app.include_router(ops.router)
+    install_portal(app, settings)  # portal (issue 11): pages at /, /signin/…, /account/…
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
