@@ -177,12 +177,12 @@ def connect_snippets(mcp_url: str, token: str = "") -> list[Snippet]:
         """  -d '{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}'"""
     )
     return [
-        Snippet("claude-code", "Claude Code", "`.mcp.json` in your project", "json", claude_code),
+        Snippet("claude-code", "Claude Code", ".mcp.json in your project", "json", claude_code),
         Snippet("claude-add", "Claude Code (command line)", "run in a terminal", "shell", claude_add),
         Snippet(
             "claude-desktop",
             "Claude Desktop",
-            "`claude_desktop_config.json` (through mcp-remote)",
+            "claude_desktop_config.json (through mcp-remote)",
             "json",
             desktop,
         ),
