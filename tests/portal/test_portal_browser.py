@@ -277,3 +277,34 @@ def test_used_and_expired_links_and_open_redirects_are_refused(portal: Portal) -
     other.goto(portal.url(f"/signin/link?token={reply.link_token}"))
     other.get_by_role("main").get_by_role("button", name="Sign in").click()
     other.wait_for_url(portal.url("/account/usage"))
+
+
+def test_admin_pages_for_the_admin_role_only(portal: Portal) -> None:
+    root = portal.stack.create_account(credits=0)
+    user = portal.stack.create_account(credits=42)
+    page = portal.new_page()
+    portal.sign_in(page, user.email)
+    assert page.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").count() == 0
+    refused = page.goto(portal.url("/admin"))
+    assert refused is not None and refused.status == 403
+
+    with grpc.insecure_channel(portal.stack.billing_address) as channel:
+        portal_service_pb2_grpc.PortalServiceStub(channel).SetAccountRole(
+            portal_service_pb2.SetAccountRoleRequest(account=root.email, role=portal_service_pb2.ROLE_ADMIN),
+            metadata=(("authorization", f"Bearer {portal.stack.admin_token}"),),
+            timeout=10,
+        )
+    admin = portal.new_page()
+    portal.sign_in(admin, root.email)
+    admin.get_by_role("navigation", name="Main").get_by_role("link", name="Admin").click()
+    admin.get_by_label("Email or account id").fill(user.email)
+    admin.get_by_role("button", name="Find").click()
+    portal.check_page(admin, "admin")
+    admin.get_by_role("link", name=user.email).click()
+    admin.get_by_role("spinbutton", name="Credits").fill("8")
+    admin.get_by_label("Note").fill("welcome bonus")
+    admin.get_by_role("button", name="Grant").click()
+    admin.get_by_text("Credits granted.").wait_for()
+    portal.check_page(admin, "admin-account")
+    page.goto(portal.url("/account/usage"))
+    assert "50 credits" in page.get_by_role("button", name=user.email).inner_text()

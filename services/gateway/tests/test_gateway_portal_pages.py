@@ -216,3 +216,43 @@ async def test_signed_out_pages_send_to_sign_in_and_back(portal: Portal) -> None
         assert page.status_code == 303
         assert parse_qs(urlsplit(page.headers["location"]).query)["next"] == ["/account/usage?ledger=5"]
         assert CSRF_COOKIE in (await client.get("/")).headers.get("set-cookie", "")
+
+
+async def test_admin_pages_need_the_role_and_act_on_other_accounts(portal: Portal) -> None:
+    import grpc
+
+    from imagegen.portal.v1 import portal_service_pb2, portal_service_pb2_grpc
+
+    await portal.create_account("root@example.test")
+    await portal.create_account("bob@example.test")
+    async with portal.client() as root, portal.client() as bob:
+        await sign_in(portal, root, "root@example.test")
+        await sign_in(portal, bob, "bob@example.test")
+        assert (await root.get("/admin")).status_code == 403
+        token = portal.billing.settings.admin_token.get_secret_value()
+        async with grpc.aio.insecure_channel(portal.billing.settings.billing_listen) as channel:
+            await portal_service_pb2_grpc.PortalServiceStub(channel).SetAccountRole(
+                portal_service_pb2.SetAccountRoleRequest(
+                    account="root@example.test", role=portal_service_pb2.ROLE_ADMIN
+                ),
+                metadata=[("authorization", f"Bearer {token}")],
+            )
+        assert (await bob.get("/admin")).status_code == 403
+        found = await root.get("/admin", params={"q": "bob"})
+        assert found.status_code == 200 and "bob@example.test" in found.text
+        assert "root@example.test</a>" not in found.text
+        link = re.search(r'href="(/admin/accounts/acc_[a-z0-9]+)"', found.text)
+        assert link
+        page = await root.get(link.group(1))
+        granted = await root.post(
+            f"{link.group(1)}/grant", data={"amount": "25", "note": "support", "csrf_token": csrf_of(page)}
+        )
+        assert granted.status_code == 303
+        page = await root.get(granted.headers["location"])
+        assert "Credits granted." in page.text and "125" in page.text and "support" in page.text
+        forged = await root.post(f"{link.group(1)}/disabled", data={"disabled": "1"})
+        assert forged.status_code == 403
+        await root.post(f"{link.group(1)}/disabled", data={"disabled": "1", "csrf_token": csrf_of(page)})
+        assert (await bob.get("/account/tokens")).status_code == 303  # the session no longer works
+        page = await root.get(link.group(1))
+        assert "Enable account" in page.text

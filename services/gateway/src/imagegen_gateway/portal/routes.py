@@ -34,7 +34,8 @@ class CsrfRefused(Exception):
     """A state-changing form came without a valid CSRF token."""
 
 
-async def _session(request: Request) -> pb.Session:
+async def require_session(request: Request) -> pb.Session:
+    """The live session of the request, or SignInRequired (back to this page after signing in)."""
     try:
         return await portal_of(request).client.session(security.session_secret(request))
     except NotSignedIn:
@@ -52,7 +53,7 @@ async def _optional_session(request: Request) -> pb.Session | None:
         return None
 
 
-def _check_csrf(request: Request, token: str) -> None:
+def check_csrf(request: Request, token: str) -> None:
     if not security.csrf_valid(request, token):
         raise CsrfRefused
 
@@ -74,7 +75,7 @@ async def start_email_sign_in(
     email: Annotated[str, Form(max_length=254)] = "",
     next: Annotated[str, Form()] = "",  # noqa: A002
 ) -> Response:
-    _check_csrf(request, csrf)
+    check_csrf(request, csrf)
     portal = portal_of(request)
     next_path = security.safe_next_path(next)
     try:
@@ -115,7 +116,7 @@ async def sign_in_link(request: Request, token: str = "") -> Response:
 async def complete_sign_in(
     request: Request, csrf: CsrfField = "", token: Annotated[str, Form()] = ""
 ) -> Response:
-    _check_csrf(request, csrf)
+    check_csrf(request, csrf)
     portal = portal_of(request)
     try:
         reply = await portal.client.call(
@@ -144,7 +145,7 @@ def _signed_in(request: Request, secret: str, session: pb.Session, next_path: st
 
 @router.post("/signout")
 async def sign_out(request: Request, csrf: CsrfField = "") -> Response:
-    _check_csrf(request, csrf)
+    check_csrf(request, csrf)
     portal = portal_of(request)
     secret = security.session_secret(request)
     if secret:
@@ -159,7 +160,7 @@ async def sign_out(request: Request, csrf: CsrfField = "") -> Response:
 
 @router.get("/account")
 async def account_home(request: Request) -> Response:
-    await _session(request)
+    await require_session(request)
     return see_other("/account/tokens")
 
 
@@ -187,7 +188,7 @@ async def _tokens_page(
 
 @router.get("/account/tokens")
 async def tokens(request: Request) -> Response:
-    return await _tokens_page(request, await _session(request))
+    return await _tokens_page(request, await require_session(request))
 
 
 async def _create_token(request: Request, label: str) -> pb.CreateTokenResponse:
@@ -201,8 +202,8 @@ async def _create_token(request: Request, label: str) -> pb.CreateTokenResponse:
 async def create_token(
     request: Request, csrf: CsrfField = "", label: Annotated[str, Form(max_length=100)] = ""
 ) -> Response:
-    session = await _session(request)
-    _check_csrf(request, csrf)
+    session = await require_session(request)
+    check_csrf(request, csrf)
     created = await _create_token(request, label)
     return await _tokens_page(request, session, created=created)
 
@@ -219,7 +220,7 @@ async def _own_token(request: Request, token_id: str) -> views.TokenRow:
 
 @router.get("/account/tokens/{token_id}/revoke")
 async def confirm_revoke(request: Request, token_id: str) -> Response:
-    session = await _session(request)
+    session = await require_session(request)
     token = await _own_token(request, token_id)
     if token.revoked:
         return see_other("/account/tokens")
@@ -228,8 +229,8 @@ async def confirm_revoke(request: Request, token_id: str) -> Response:
 
 @router.post("/account/tokens/{token_id}/revoke")
 async def revoke_token(request: Request, token_id: str, csrf: CsrfField = "") -> Response:
-    session = await _session(request)
-    _check_csrf(request, csrf)
+    session = await require_session(request)
+    check_csrf(request, csrf)
     reply = await portal_of(request).client.call(
         lambda s: s.RevokeToken,
         pb.RevokeTokenRequest(session_token=security.session_secret(request), token_id=token_id),
@@ -239,7 +240,7 @@ async def revoke_token(request: Request, token_id: str, csrf: CsrfField = "") ->
 
 @router.get("/account/connect")
 async def connect(request: Request) -> Response:
-    session = await _session(request)
+    session = await require_session(request)
     portal = portal_of(request)
     return portal.render(
         request, "connect.html", session, active="connect", snippets=views.connect_snippets(portal.mcp_url)
@@ -250,8 +251,8 @@ async def connect(request: Request) -> Response:
 async def connect_with_new_token(
     request: Request, csrf: CsrfField = "", label: Annotated[str, Form(max_length=100)] = ""
 ) -> Response:
-    session = await _session(request)
-    _check_csrf(request, csrf)
+    session = await require_session(request)
+    check_csrf(request, csrf)
     portal = portal_of(request)
     created = await _create_token(request, label or "MCP client")
     return portal.render(
@@ -271,7 +272,7 @@ async def usage(
     ledger: Annotated[str, Query(max_length=200)] = "",
     images: Annotated[str, Query(max_length=500)] = "",
 ) -> Response:
-    session = await _session(request)
+    session = await require_session(request)
     portal = portal_of(request)
     secret = security.session_secret(request)
     entries = await portal.client.call(
@@ -304,7 +305,7 @@ async def usage(
 
 @router.get("/account/credits")
 async def credits(request: Request) -> Response:
-    session = await _session(request)
+    session = await require_session(request)
     account = session.account.account
     return portal_of(request).render(
         request, "credits.html", session, active="credits", credits=account.credits, email=account.email

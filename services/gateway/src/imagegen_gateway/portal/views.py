@@ -195,3 +195,27 @@ def page_link(path: str, **params: str) -> str:
     """A link to ``path`` with the non-empty query parameters."""
     query = urlencode({k: v for k, v in params.items() if v})
     return f"{path}?{query}" if query else path
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRow:
+    id: str
+    email: str
+    credits: int
+    reserved: int
+    role: str
+    disabled: bool
+    created: str
+
+
+def admin_row(value: pb.PortalAccount) -> AdminRow:
+    account = value.account
+    return AdminRow(
+        id=account.id,
+        email=account.email,
+        credits=account.credits,
+        reserved=account.reserved_credits,
+        role="admin" if value.role == pb.ROLE_ADMIN else "user",
+        disabled=value.disabled,
+        created=show_time(account.create_time),
+    )
