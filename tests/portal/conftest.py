@@ -7,8 +7,11 @@ fail: ``make setup`` installs both.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from imagegen_testing.net import free_port
+from imagegen_testing.net import free_port, wait_for_port
 from imagegen_testing.stack import RunningStack, start_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,9 +82,40 @@ def mailbox() -> Iterator[Mailbox]:
     controller.stop()
 
 
+#: People the OpenID Connect provider knows (oidc-provider-mock's predefined users).
+OIDC_USERS = [
+    {"sub": "oidc-ada", "email": "oidc-ada@example.test", "email_verified": True},
+    {"sub": "oidc-eve", "email": "oidc-eve@example.test", "email_verified": True},
+    {"sub": "oidc-unverified", "email": "oidc-ada@example.test", "email_verified": False},
+]
+OIDC_CLIENT_ID = "imagegen-portal-test"
+
+
 @pytest.fixture(scope="module")
-def portal_stack(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Iterator[RunningStack]:
-    """NATS, billing, a generator and a gateway that mails through the test's SMTP server."""
+def oidc_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real OpenID Connect provider (oidc-provider-mock) in a process of its own."""
+    port = free_port()
+    binary = Path(sysconfig.get_path("scripts")) / "oidc-provider-mock"
+    args = [str(binary), "-p", str(port), "-n", "true"]
+    for user in OIDC_USERS:
+        args += ["--user-claims", json.dumps(user)]
+    log = tmp_path_factory.mktemp("oidc") / "oidc.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def portal_stack(
+    tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox, oidc_issuer: str
+) -> Iterator[RunningStack]:
+    """NATS, billing, a generator and a gateway that mails through the test's SMTP server and signs
+    in through the test's OpenID Connect provider."""
     running = start_stack(
         tmp_path_factory.mktemp("portal-stack"),
         gateway_env={
@@ -89,6 +123,10 @@ def portal_stack(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> 
             "IMAGEGEN_SMTP_HOST": "127.0.0.1",
             "IMAGEGEN_SMTP_PORT": str(mailbox.port),  # type: ignore[attr-defined]
             "IMAGEGEN_SMTP_SECURITY": "none",
+            "IMAGEGEN_OIDC_ISSUER": oidc_issuer,
+            "IMAGEGEN_OIDC_CLIENT_ID": OIDC_CLIENT_ID,
+            "IMAGEGEN_OIDC_CLIENT_SECRET": "oidc-test-secret",
+            "IMAGEGEN_OIDC_NAME": "Test ID",
         },
     )
     yield running

@@ -308,3 +308,36 @@ def test_admin_pages_for_the_admin_role_only(portal: Portal) -> None:
     portal.check_page(admin, "admin-account")
     page.goto(portal.url("/account/usage"))
     assert "50 credits" in page.get_by_role("button", name=user.email).inner_text()
+
+
+def test_sign_in_with_openid_connect(portal: Portal) -> None:
+    portal.stack.create_account(credits=3, email="oidc-ada@example.test")
+    page = portal.new_page()
+    page.goto(portal.url("/?next=/account/connect"))
+    page.get_by_role("link", name="Continue with Test ID").click()
+    page.get_by_role("button", name="oidc-ada", exact=True).click()
+    page.wait_for_url(portal.url("/account/connect"))
+    assert "oidc-ada@example.test" in page.get_by_role("button", name="oidc-ada@example.test").inner_text()
+    assert page.context.cookies(portal.url("/"))[0]["httpOnly"]
+
+    # A verified email without an account may not sign up under the invite policy.
+    stranger = portal.new_page()
+    stranger.goto(portal.url("/"))
+    stranger.get_by_role("link", name="Continue with Test ID").click()
+    reply_page = stranger
+    reply_page.get_by_role("button", name="oidc-eve", exact=True).click()
+    reply_page.get_by_text("This account may not sign in here").wait_for()
+    portal.check_page(reply_page, "oidc-refused")
+
+    # An unverified email is never matched to an account.
+    unverified = portal.new_page()
+    unverified.goto(portal.url("/"))
+    unverified.get_by_role("link", name="Continue with Test ID").click()
+    unverified.get_by_role("button", name="oidc-unverified", exact=True).click()
+    unverified.get_by_role("heading", name="Not signed in").wait_for()
+    assert "imagegen_session" not in {c["name"] for c in unverified.context.cookies()}
+
+    # A callback that this browser did not start is refused.
+    forged = portal.new_page()
+    reply = forged.goto(portal.url("/signin/oidc/callback?state=forged&code=forged"))
+    assert reply is not None and reply.status == 400

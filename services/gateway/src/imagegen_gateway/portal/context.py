@@ -14,6 +14,7 @@ from imagegen.portal.v1 import portal_service_pb2 as pb
 from imagegen_gateway.portal import security, views
 from imagegen_gateway.portal.client import PortalClient
 from imagegen_gateway.portal.mail import Mailer
+from imagegen_gateway.portal.oidc import CALLBACK_PATH, OidcProvider
 
 if TYPE_CHECKING:  # config imports this package's settings
     from imagegen_gateway.config import GatewaySettings
@@ -28,6 +29,7 @@ class PortalContext:
     client: PortalClient
     mailer: Mailer
     cookies: security.CookiePolicy
+    oidc: OidcProvider | None = None
     templates: Jinja2Templates = field(default_factory=lambda: Jinja2Templates(directory=HERE / "templates"))
 
     @classmethod
@@ -37,6 +39,14 @@ class PortalContext:
             client=PortalClient(settings.billing_address, settings.billing_timeout_seconds),
             mailer=Mailer(settings),
             cookies=security.CookiePolicy.for_public_url(settings.public_base_url),
+            oidc=OidcProvider(
+                settings.oidc_issuer,
+                settings.oidc_client_id,
+                settings.oidc_client_secret.get_secret_value(),
+                redirect_uri=settings.public_base_url.rstrip("/") + CALLBACK_PATH,
+            )
+            if settings.oidc_issuer
+            else None,
         )
 
     @property

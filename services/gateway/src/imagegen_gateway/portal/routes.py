@@ -131,10 +131,10 @@ async def complete_sign_in(
         )
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
-    return _signed_in(request, reply.session_token, reply.session, reply.next_path)
+    return signed_in(request, reply.session_token, reply.session, reply.next_path)
 
 
-def _signed_in(request: Request, secret: str, session: pb.Session, next_path: str) -> Response:
+def signed_in(request: Request, secret: str, session: pb.Session, next_path: str) -> Response:
     """A new session cookie (never the one the browser had: no session fixation) and on to the page."""
     portal = portal_of(request)
     response = see_other(security.safe_next_path(next_path) or "/account/tokens")
