@@ -291,3 +291,12 @@ async def test_oidc_identities_link_by_verified_email(stubs: Stubs) -> None:
         )
     )
     assert await code_of(stranger) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_get_image_needs_a_session_and_hides_what_is_not_ours(stubs: Stubs) -> None:
+    await stubs.create_account("ada@example.test")
+    ada = (await stubs.sign_in("ada@example.test")).session_token
+    missing = stubs.portal.GetImage(pb.GetImageRequest(session_token=ada, image_id="img_nope"))
+    assert await code_of(missing) == grpc.StatusCode.NOT_FOUND
+    anonymous = stubs.portal.GetImage(pb.GetImageRequest(session_token="", image_id="img_nope"))
+    assert await code_of(anonymous) == grpc.StatusCode.UNAUTHENTICATED

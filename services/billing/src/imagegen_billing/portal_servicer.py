@@ -21,6 +21,7 @@ from imagegen_billing import convert
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.db import Database
+from imagegen_billing.domain import NotFoundError
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.people import PermissionDeniedError, PortalAccount, RateLimitedError, Role, Session
 from imagegen_billing.portal import Portal
@@ -163,6 +164,18 @@ class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
         return pb.ListImagesResponse(
             images=[convert.reservation(r) for r in page], next_page_token=next_token
         )
+
+    async def GetImage(self, request: pb.GetImageRequest, context: Context) -> pb.GetImageResponse:
+        session = await self.portal.session(request.session_token)
+        account_id = session.account.account.id
+        try:
+            image = await self.ledger.reservation(request.image_id)
+        except NotFoundError:
+            image = None
+        if image is None or image.account_id != account_id:
+            raise NotFoundError("no such image")  # another account's image is no image at all
+        account = await self.accounts.get(account_id)
+        return pb.GetImageResponse(image=convert.reservation(image), account=convert.account(account))
 
     @_portal_errors
     async def AdminSearchAccounts(

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from imagegen_gateway.portal import admin_routes, oidc_routes, routes, security, views
+from imagegen_gateway.portal import admin_routes, oidc_routes, routes, security, try_routes, views
 from imagegen_gateway.portal.client import (
     BadInput,
     Forbidden,
@@ -39,6 +39,7 @@ def install_portal(app: FastAPI, settings: GatewaySettings) -> None:
     app.include_router(routes.router)
     app.include_router(admin_routes.router)
     app.include_router(oidc_routes.router)
+    app.include_router(try_routes.router)
     app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal-static")
     app.add_exception_handler(routes.SignInRequired, _sign_in_required)
     app.add_exception_handler(routes.CsrfRefused, _csrf_refused)

@@ -564,6 +564,55 @@ class ListImagesResponse(_message.Message):
 Global___ListImagesResponse: _TypeAlias = ListImagesResponse  # noqa: Y015
 
 @_typing.final
+class GetImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    image_id: _builtins.str
+    """The image's id (its job id)."""
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        image_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_id", b"image_id", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageRequest: _TypeAlias = GetImageRequest  # noqa: Y015
+
+@_typing.final
+class GetImageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> _resources_pb2.Reservation: ...
+    @_builtins.property
+    def account(self) -> _resources_pb2.Account:
+        """The account now (its credits after the image's hold, capture or release)."""
+
+    def __init__(
+        self,
+        *,
+        image: _resources_pb2.Reservation | None = ...,
+        account: _resources_pb2.Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetImageResponse: _TypeAlias = GetImageResponse  # noqa: Y015
+
+@_typing.final
 class AdminSearchAccountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

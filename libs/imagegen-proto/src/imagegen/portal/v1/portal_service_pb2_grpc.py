@@ -93,6 +93,11 @@ class PortalServiceStub:
                 request_serializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesRequest.SerializeToString,
                 response_deserializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesResponse.FromString,
                 _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/imagegen.portal.v1.PortalService/GetImage',
+                request_serializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageRequest.SerializeToString,
+                response_deserializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageResponse.FromString,
+                _registered_method=True)
         self.AdminSearchAccounts = channel.unary_unary(
                 '/imagegen.portal.v1.PortalService/AdminSearchAccounts',
                 request_serializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.AdminSearchAccountsRequest.SerializeToString,
@@ -216,6 +221,13 @@ class PortalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetImage(self, request, context):
+        """One of the session account's images (NOT_FOUND for anyone else's), with the account's balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AdminSearchAccounts(self, request, context):
         """Accounts whose email contains the query (admin role).
         """
@@ -317,6 +329,11 @@ def add_PortalServiceServicer_to_server(servicer, server):
                     servicer.ListImages,
                     request_deserializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesRequest.FromString,
                     response_serializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageRequest.FromString,
+                    response_serializer=imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageResponse.SerializeToString,
             ),
             'AdminSearchAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.AdminSearchAccounts,
@@ -633,6 +650,33 @@ class PortalService:
             '/imagegen.portal.v1.PortalService/ListImages',
             imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesRequest.SerializeToString,
             imagegen_dot_portal_dot_v1_dot_portal__service__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imagegen.portal.v1.PortalService/GetImage',
+            imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageRequest.SerializeToString,
+            imagegen_dot_portal_dot_v1_dot_portal__service__pb2.GetImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

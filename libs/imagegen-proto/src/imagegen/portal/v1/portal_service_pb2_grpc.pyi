@@ -69,6 +69,8 @@ class PortalServiceStub:
     """The session account's ledger, newest first."""
     ListImages: _grpc.UnaryUnaryMultiCallable[_portal_service_pb2.ListImagesRequest, _portal_service_pb2.ListImagesResponse]
     """The session account's images (reservations and their results), newest first."""
+    GetImage: _grpc.UnaryUnaryMultiCallable[_portal_service_pb2.GetImageRequest, _portal_service_pb2.GetImageResponse]
+    """One of the session account's images (NOT_FOUND for anyone else's), with the account's balance."""
     AdminSearchAccounts: _grpc.UnaryUnaryMultiCallable[_portal_service_pb2.AdminSearchAccountsRequest, _portal_service_pb2.AdminSearchAccountsResponse]
     """Accounts whose email contains the query (admin role)."""
     AdminGetAccount: _grpc.UnaryUnaryMultiCallable[_portal_service_pb2.AdminGetAccountRequest, _portal_service_pb2.AdminGetAccountResponse]
@@ -125,6 +127,8 @@ class PortalServiceAsyncStub(PortalServiceStub):
     """The session account's ledger, newest first."""
     ListImages: _aio.UnaryUnaryMultiCallable[_portal_service_pb2.ListImagesRequest, _portal_service_pb2.ListImagesResponse]  # type: ignore[assignment]
     """The session account's images (reservations and their results), newest first."""
+    GetImage: _aio.UnaryUnaryMultiCallable[_portal_service_pb2.GetImageRequest, _portal_service_pb2.GetImageResponse]  # type: ignore[assignment]
+    """One of the session account's images (NOT_FOUND for anyone else's), with the account's balance."""
     AdminSearchAccounts: _aio.UnaryUnaryMultiCallable[_portal_service_pb2.AdminSearchAccountsRequest, _portal_service_pb2.AdminSearchAccountsResponse]  # type: ignore[assignment]
     """Accounts whose email contains the query (admin role)."""
     AdminGetAccount: _aio.UnaryUnaryMultiCallable[_portal_service_pb2.AdminGetAccountRequest, _portal_service_pb2.AdminGetAccountResponse]  # type: ignore[assignment]
@@ -238,6 +242,14 @@ class PortalServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_portal_service_pb2.ListImagesResponse, _abc.Awaitable[_portal_service_pb2.ListImagesResponse]]:
         """The session account's images (reservations and their results), newest first."""
+
+    @_abc_1.abstractmethod
+    def GetImage(
+        self,
+        request: _portal_service_pb2.GetImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_portal_service_pb2.GetImageResponse, _abc.Awaitable[_portal_service_pb2.GetImageResponse]]:
+        """One of the session account's images (NOT_FOUND for anyone else's), with the account's balance."""
 
     @_abc_1.abstractmethod
     def AdminSearchAccounts(

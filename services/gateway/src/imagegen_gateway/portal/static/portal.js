@@ -81,7 +81,65 @@ function setupCopyButtons() {
   });
 }
 
+function setupPrices() {
+  const form = document.querySelector("form[data-prices]");
+  if (!form) return;
+  const prices = JSON.parse(form.getAttribute("data-prices"));
+  const out = form.querySelector("[data-price-out]");
+  const update = () => {
+    const price = (prices[form.elements.model.value] || {})[form.elements.size.value];
+    out.textContent = price === undefined ? "This model does not make this size" : `${price} credits`;
+  };
+  form.elements.model.addEventListener("change", update);
+  form.elements.size.addEventListener("change", update);
+  update();
+}
+
+function setupPolling() {
+  const box = document.querySelector("[data-poll]");
+  if (!box) return;
+  const status = box.querySelector("[data-status]");
+  const holder = box.querySelector("[data-image]");
+  let tries = 0;
+  const poll = async () => {
+    tries += 1;
+    let data = null;
+    try {
+      const reply = await fetch(box.getAttribute("data-poll"), { credentials: "same-origin" });
+      if (reply.ok) data = await reply.json();
+    } catch (error) {
+      data = null;
+    }
+    if (data) {
+      document.querySelectorAll("[data-balance]").forEach((el) => {
+        el.textContent = `${data.balance.toLocaleString("en-US")} credits`;
+      });
+      if (data.status === "completed") {
+        status.textContent = `Done: ${data.credits} credits.`;
+        const link = document.createElement("a");
+        link.href = data.url;
+        const img = document.createElement("img");
+        img.src = data.url;
+        img.alt = "The generated image";
+        link.appendChild(img);
+        holder.replaceChildren(link);
+        return;
+      }
+      if (data.status === "failed") {
+        status.textContent = `The image could not be made: ${data.error || "unknown error"}. Your credits were returned.`;
+        return;
+      }
+      status.textContent = data.status === "processing" ? "Generating your image…" : "Waiting for a generator…";
+    }
+    if (tries < 300) setTimeout(poll, 1000);
+    else status.textContent = "This is taking long; see Usage for the result later.";
+  };
+  poll();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-usermenu]").forEach(setupUserMenu);
   setupCopyButtons();
+  setupPrices();
+  setupPolling();
 });
