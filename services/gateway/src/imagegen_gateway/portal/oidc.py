@@ -154,7 +154,8 @@ class OidcProvider:
             token = jwt.decode(id_token, keys)
             jwt.JWTClaimsRegistry(
                 leeway=60,
-                iss={"essential": True, "value": self.issuer},
+                # The discovery document's spelling (trailing slash and all), checked against ours.
+                iss={"essential": True, "value": metadata["issuer"]},
                 aud={"essential": True, "value": self.client_id},
                 sub={"essential": True},
                 exp={"essential": True},
