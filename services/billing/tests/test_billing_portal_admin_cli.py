@@ -48,3 +48,18 @@ async def test_login_link_signs_in_once_and_set_role_makes_an_admin(billing_serv
         portal = portal_service_pb2_grpc.PortalServiceStub(channel)
         done = await portal.CompleteEmailSignIn(pb.CompleteEmailSignInRequest(link_token=token))
         assert done.session.account.role == pb.ROLE_ADMIN
+
+
+async def test_login_link_errors_are_one_line(billing_server: BillingServer) -> None:
+    options = ["--billing", billing_server.settings.billing_listen, "--admin-token", "wrong-token"]
+
+    def invoke() -> Any:
+        return CliRunner().invoke(
+            admin_app,
+            [*options, "account", "login-link", "nobody@example.test"],
+            env={"IMAGEGEN_ADMIN_TOKEN": ""},
+        )
+
+    result = await asyncio.to_thread(invoke)
+    assert result.exit_code == 1
+    assert "refused the admin token" in result.output and "Traceback" not in result.output

@@ -30,7 +30,20 @@ def _call(admin: Admin, method: str, request: Message) -> Any:
                 request, metadata=[("authorization", f"Bearer {admin.token}")], timeout=admin.timeout
             )
         except grpc.RpcError as error:
-            fail(admin._explain(error))
+            fail(_explain(admin, error))
+
+
+def _explain(admin: Admin, error: grpc.RpcError) -> str:
+    """One line about a failed call, like the rest of `imagegen admin`."""
+    code: grpc.StatusCode = error.code()
+    details: str = error.details() or code.name.lower()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return f"billing at {admin.address} is unreachable ({details})"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"billing at {admin.address} did not answer within {admin.timeout:g}s"
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return "billing refused the admin token (check --admin-token or IMAGEGEN_ADMIN_TOKEN)"
+    return details
 
 
 def login_url(public_url: str, link_token: str) -> str:
