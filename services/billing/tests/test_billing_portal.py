@@ -3,6 +3,7 @@ sessions, sign-up policies, rate limits, the account's own tokens, roles and dis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -300,3 +301,40 @@ async def test_get_image_needs_a_session_and_hides_what_is_not_ours(stubs: Stubs
     assert await code_of(missing) == grpc.StatusCode.NOT_FOUND
     anonymous = stubs.portal.GetImage(pb.GetImageRequest(session_token="", image_id="img_nope"))
     assert await code_of(anonymous) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_0004_upgrades_and_downgrades_a_database_with_accounts(database_url: str) -> None:
+    """Accounts that other tables reference: the migration alters them in place, both ways."""
+    from alembic import command
+
+    from imagegen_billing import migrate
+
+    await migrate.upgrade_async(database_url, "0002")
+    db = Database.from_url(database_url)
+    try:
+        async with db.write() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO accounts (id, email, credits, reserved_credits, create_time) "
+                "VALUES ('acc_1', 'ada@example.test', 0, 0, '2026-01-01 00:00:00')"
+            )
+            await conn.exec_driver_sql(
+                "INSERT INTO api_tokens (id, account_id, token_hash, prefix, label, create_time) "
+                "VALUES ('tok_1', 'acc_1', 'h', 'igk_', 'x', '2026-01-01 00:00:00')"
+            )
+    finally:
+        await db.close()
+    await migrate.upgrade_async(database_url, "0004")
+    db = Database.from_url(database_url)
+    try:
+        async with db.read() as conn:
+            row = (await conn.exec_driver_sql("SELECT role, disable_time FROM accounts")).one()
+        assert tuple(row) == ("user", None)
+    finally:
+        await db.close()
+    await asyncio.to_thread(command.downgrade, migrate.alembic_config(database_url), "0002")
+    db = Database.from_url(database_url)
+    try:
+        async with db.read() as conn:
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM api_tokens")).scalar() == 1
+    finally:
+        await db.close()

@@ -22,11 +22,12 @@ UTC_TIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("accounts") as batch:
-        batch.add_column(
-            sa.Column("role", sa.String(length=16), server_default=sa.text("'user'"), nullable=False)
-        )
-        batch.add_column(sa.Column("disable_time", UTC_TIME, nullable=True))
+    # Plain ADD COLUMN, never a batch copy: on SQLite a copy drops `accounts`, which every other table
+    # references, and that fails once there are rows.
+    op.add_column(
+        "accounts", sa.Column("role", sa.String(length=16), server_default=sa.text("'user'"), nullable=False)
+    )
+    op.add_column("accounts", sa.Column("disable_time", UTC_TIME, nullable=True))
     op.create_table(
         "sign_in_identities",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -109,6 +110,6 @@ def downgrade() -> None:
     op.drop_table("sessions")
     op.drop_index(op.f("ix_sign_in_identities_account_id"), table_name="sign_in_identities")
     op.drop_table("sign_in_identities")
-    with op.batch_alter_table("accounts") as batch:
-        batch.drop_column("disable_time")
-        batch.drop_column("role")
+    # DROP COLUMN in place (SQLite 3.35+ and PostgreSQL), for the same reason.
+    op.drop_column("accounts", "disable_time")
+    op.drop_column("accounts", "role")
