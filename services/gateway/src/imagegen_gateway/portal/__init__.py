@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
+from imagegen.portal.v1 import portal_service_pb2 as pb
 from imagegen_gateway.portal import admin_routes, oidc_routes, routes, security, try_routes, views
 from imagegen_gateway.portal.client import (
     BadInput,
@@ -54,12 +55,24 @@ async def _sign_in_required(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _optional_session(request: Request) -> pb.Session | None:
+    """The session for an error page's header; None when there is none (or billing is away)."""
+    secret = security.session_secret(request)
+    if not secret:
+        return None
+    try:
+        return await portal_of(request).client.session(secret)
+    except PortalError:
+        return None
+
+
 async def _csrf_refused(request: Request, exc: Exception) -> Response:
     return portal_of(request).message(
         request,
         "This form has expired",
         "The page was open too long or came from somewhere else. Go back, reload it and try again.",
         403,
+        await _optional_session(request),
     )
 
 
@@ -68,11 +81,14 @@ async def _portal_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, NotSignedIn):
         return see_other("/")
     if isinstance(exc, NotFound):
-        return portal.message(request, "Not found", "There is nothing here.", 404)
+        session = await _optional_session(request)
+        return portal.message(request, "Not found", "There is nothing here.", 404, session)
     if isinstance(exc, Forbidden):
-        return portal.message(request, "Not allowed", "Your account may not open this page.", 403)
+        session = await _optional_session(request)
+        return portal.message(request, "Not allowed", "Your account may not open this page.", 403, session)
     if isinstance(exc, BadInput):
-        return portal.message(request, "That did not work", str(exc), 400)
+        session = await _optional_session(request)
+        return portal.message(request, "That did not work", str(exc), 400, session)
     if isinstance(exc, Unavailable):
         return portal.message(request, "Please try again", "The service is busy; try again in a moment.", 503)
     log.warning("portal call failed", extra={"error": type(exc).__name__})
