@@ -338,3 +338,16 @@ async def test_0004_upgrades_and_downgrades_a_database_with_accounts(database_ur
             assert (await conn.exec_driver_sql("SELECT count(*) FROM api_tokens")).scalar() == 1
     finally:
         await db.close()
+
+
+async def test_old_links_and_sessions_are_purged_by_later_sign_ins(stubs: Stubs) -> None:
+    await stubs.create_account("ada@example.test")
+    await stubs.sign_in("ada@example.test")
+    db: Database = stubs.server.db
+    async with db.write() as conn:
+        await conn.execute(update(login_links).values(expire_time=now() - timedelta(days=2)))
+        await conn.execute(update(sessions).values(expire_time=now() - timedelta(days=2)))
+    await stubs.sign_in("ada@example.test")
+    async with db.read() as conn:
+        assert len((await conn.execute(login_links.select())).all()) == 1
+        assert len((await conn.execute(sessions.select())).all()) == 1

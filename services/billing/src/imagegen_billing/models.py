@@ -192,6 +192,8 @@ class SessionRow(Base):
     """A signed-in browser session; only the SHA-256 of its secret is kept."""
 
     __tablename__ = "sessions"
+    # Purging ended and expired sessions (portal.PURGE_AFTER past their end).
+    __table_args__ = (Index("ix_sessions_expire_time", "expire_time"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -208,6 +210,7 @@ class LoginLinkRow(Base):
     sign-up (the account is made when the link is used)."""
 
     __tablename__ = "login_links"
+    __table_args__ = (Index("ix_login_links_expire_time", "expire_time"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -59,6 +59,9 @@ INVALID_SESSION = "not signed in, or the session has ended"
 INVALID_LINK = "this sign-in link is invalid, used or expired"
 PORTAL_ACCOUNT_COLUMNS = (*ACCOUNT_COLUMNS, accounts.c.role, accounts.c.disable_time)
 MAX_SEARCH_RESULTS = 100
+#: Used, expired and ended links and sessions are deleted this long after they stopped working (kept a
+#: little while for support questions); each sign-in purges them, so the tables stay small.
+PURGE_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,7 @@ class Portal:
     async def _insert_link(
         self, conn: AsyncConnection, email: str, account_id: str | None, next_path: str, at: datetime
     ) -> LoginLink:
+        await conn.execute(delete(login_links).where(login_links.c.expire_time < at - PURGE_AFTER))
         secret = people.new_secret(people.LINK_PREFIX)
         expire = at + self.link_life
         await conn.execute(
@@ -271,6 +275,8 @@ class Portal:
         account = await _portal_account(conn, account_id)
         if account.disabled:
             raise UnauthenticatedError("this account is disabled")
+        # Sessions past their absolute end; ended or idle ones go when that comes too.
+        await conn.execute(delete(sessions).where(sessions.c.expire_time < at - PURGE_AFTER))
         secret = people.new_secret(people.SESSION_PREFIX)
         expire = at + self.lifetimes.absolute
         session_id = random_id("ses")

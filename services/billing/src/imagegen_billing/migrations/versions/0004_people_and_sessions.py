@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_sessions_token_hash")),
     )
     op.create_index(op.f("ix_sessions_account_id"), "sessions", ["account_id"], unique=False)
+    op.create_index("ix_sessions_expire_time", "sessions", ["expire_time"], unique=False)
     op.create_table(
         "login_links",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -80,6 +81,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_login_links_token_hash")),
     )
     op.create_index(op.f("ix_login_links_account_id"), "login_links", ["account_id"], unique=False)
+    op.create_index("ix_login_links_expire_time", "login_links", ["expire_time"], unique=False)
     op.create_table(
         "sign_in_attempts",
         sa.Column(
@@ -104,8 +106,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sign_in_attempts")
+    op.drop_index("ix_login_links_expire_time", table_name="login_links")
     op.drop_index(op.f("ix_login_links_account_id"), table_name="login_links")
     op.drop_table("login_links")
+    op.drop_index("ix_sessions_expire_time", table_name="sessions")
     op.drop_index(op.f("ix_sessions_account_id"), table_name="sessions")
     op.drop_table("sessions")
     op.drop_index(op.f("ix_sign_in_identities_account_id"), table_name="sign_in_identities")
