@@ -42,7 +42,7 @@ def test_dev_prints_a_working_sign_in_link_and_logs_new_ones(tmp_path: Path) -> 
         with httpx.Client(base_url=ready["portal_url"], timeout=30) as client:
             confirm = client.get(ready["login_url"])
             token = re.search(r'name="token" value="([^"]+)"', confirm.text)
-            assert token
+            assert token, (confirm.status_code, confirm.url, confirm.text[:3000])
             done = client.post("/signin/link", data={"token": token.group(1), "csrf_token": _csrf(confirm)})
             assert done.status_code == 303 and "imagegen_session" in client.cookies
             tokens = client.get("/account/tokens")
