@@ -385,4 +385,17 @@ def test_try_it_shows_prices_refuses_without_credits_and_makes_an_image(portal: 
     page.get_by_role("button", name="Generate").click()
     page.get_by_alt_text("The generated image").wait_for(timeout=60_000)
     page.get_by_text(f"{balance - 3} credits").first.wait_for()
+    assert page.get_by_label("Model").input_value() == "flux-1"
     portal.check_page(page, "try-done")
+    image_id = page.locator("[data-image-id]").get_attribute("data-image-id")
+    page.goto(portal.url("/account/usage"))
+    assert page.locator(f'img[alt^="Image {image_id}"]').count() == 1
+    portal.check_page(page, "usage-gallery")
+
+    # Another account sees nothing of it.
+    other = portal.new_page()
+    portal.sign_in(other, portal.stack.create_account(credits=1).email)
+    reply = other.request.get(portal.url(f"/account/images/{image_id}.json"))
+    assert reply.status == 404
+    other.goto(portal.url("/account/usage"))
+    assert str(image_id) not in other.content()

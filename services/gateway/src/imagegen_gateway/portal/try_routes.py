@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from imagegen.billing.v1 import resources_pb2
 from imagegen.portal.v1 import portal_service_pb2 as pb
-from imagegen_gateway.portal import generation, security
+from imagegen_gateway.portal import generation, security, views
 from imagegen_gateway.portal.client import NotFound, NotSignedIn
 from imagegen_gateway.portal.context import portal_of, see_other
 from imagegen_gateway.portal.routes import CsrfField, check_csrf, require_session
@@ -57,9 +57,11 @@ async def _page(
 
 
 @router.get("/account/try")
-async def try_it(request: Request, image: str = "") -> Response:
+async def try_it(request: Request, image: str = "", model: str = "", size: str = DEFAULT_SIZE) -> Response:
     session = await require_session(request)
-    return await _page(request, session, image_id=image if image.startswith("img_") else "")
+    return await _page(
+        request, session, image_id=image if image.startswith("img_") else "", model=model, size=size
+    )
 
 
 @router.post("/account/try")
@@ -99,7 +101,7 @@ async def try_submit(
         return await _page(
             request, session, status_code=400, error=str(exc), prompt=prompt, model=model, size=size
         )
-    return see_other(f"/account/try?image={image_id}")
+    return see_other(views.page_link("/account/try", image=image_id, model=model, size=size))
 
 
 def image_status(image: resources_pb2.Reservation) -> str:
