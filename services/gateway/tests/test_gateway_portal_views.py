@@ -73,6 +73,8 @@ def test_page_links_encode_their_tokens() -> None:
         ("https://evil.test", ""),
         ("/a\nb", ""),
         (None, ""),
+        ("/authorize?" + "x" * 1500, "/authorize?" + "x" * 1500),  # an OAuth request comes back whole
+        ("/" + "x" * 2048, ""),
     ],
 )
 def test_next_paths_are_ours_only(path: str | None, safe: str) -> None:

@@ -216,7 +216,7 @@ class LoginLinkRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     email: Mapped[str] = mapped_column(String(254))
     account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
-    next_path: Mapped[str] = mapped_column(String(512))
+    next_path: Mapped[str] = mapped_column(String(2048))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
     expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
     use_time: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -18,7 +18,8 @@ SECRET_BYTES = 32
 MAX_SECRET_CHARS = 128
 #: A session's last-seen time is written at most this often, so that GetSession stays mostly a read.
 TOUCH_RESOLUTION = timedelta(minutes=1)
-MAX_NEXT_PATH_CHARS = 512
+#: Long enough for an OAuth authorize URL (PKCE, state, resource, redirect URI) to come back to.
+MAX_NEXT_PATH_CHARS = 2048
 
 
 class RateLimitedError(BillingError):

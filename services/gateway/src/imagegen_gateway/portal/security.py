@@ -20,7 +20,8 @@ SESSION_COOKIE = "imagegen_session"
 CSRF_COOKIE = "imagegen_csrf"
 CSRF_FIELD = "csrf_token"
 _CSRF_CONTEXT = b"imagegen portal csrf v1"
-MAX_NEXT_PATH_CHARS = 512
+#: Long enough for an OAuth authorize URL (PKCE, state, resource, redirect URI) to come back to.
+MAX_NEXT_PATH_CHARS = 2048
 
 #: Our pages load scripts, styles and images from our own origin only; no inline script or style.
 CONTENT_SECURITY_POLICY = (

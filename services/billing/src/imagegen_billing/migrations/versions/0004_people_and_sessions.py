@@ -70,7 +70,7 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("account_id", sa.String(length=64), nullable=True),
-        sa.Column("next_path", sa.String(length=512), nullable=False),
+        sa.Column("next_path", sa.String(length=2048), nullable=False),
         sa.Column("create_time", UTC_TIME, nullable=False),
         sa.Column("expire_time", UTC_TIME, nullable=False),
         sa.Column("use_time", UTC_TIME, nullable=True),
