@@ -9,10 +9,17 @@ import logging
 from email.message import EmailMessage
 
 import aiosmtplib
+from prometheus_client import Counter
 
 from imagegen_gateway.portal.settings import PortalGatewaySettings
 
 log = logging.getLogger(__name__)
+
+SIGN_IN_MAILS = Counter(
+    "imagegen_gateway_portal_sign_in_mails_total",
+    "Sign-in links mailed by the portal, by result: sent, failed, console (logged in dev) or not_configured.",
+    ["result"],
+)
 
 
 def sign_in_message(sender: str, to: str, url: str, minutes: int) -> EmailMessage:
@@ -42,8 +49,10 @@ class Mailer:
             if self.settings.signin_links_on_console:
                 # Deliberate: the dev stack's console is how a newcomer signs in without mail.
                 log.warning("sign-in link for %s (no SMTP configured): %s", to, url)
+                SIGN_IN_MAILS.labels(result="console").inc()
             else:
                 log.warning("no SMTP server configured (IMAGEGEN_SMTP_HOST): sign-in mail not sent")
+                SIGN_IN_MAILS.labels(result="not_configured").inc()
             return
         task = asyncio.create_task(self._send(sign_in_message(self.settings.smtp_from, to, url, minutes)))
         self._tasks.add(task)
@@ -64,3 +73,6 @@ class Mailer:
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             log.warning("sign-in mail not sent", extra={"error": type(exc).__name__, "smtp": s.smtp_host})
+            SIGN_IN_MAILS.labels(result="failed").inc()
+        else:
+            SIGN_IN_MAILS.labels(result="sent").inc()
