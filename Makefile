@@ -33,7 +33,30 @@ $(TS_CLIENT)/node_modules/.setup-stamp: $(TS_CLIENT)/package-lock.json $(TS_CLIE
 		echo "setup: npm not found, so $(TS_CLIENT) is not installed (its tests will skip)"; \
 	fi
 
-setup: .venv/.setup-stamp $(TS_CLIENT)/node_modules/.setup-stamp ## Install everything the project needs (idempotent)
+# The portal's browser tests: Debian's Chromium (installed when missing and we are root, as in CI) and
+# axe-core from npm (pinned by its lock file). Without them those tests skip (fail under CI=true).
+PORTAL_JS := tests/portal/js
+CHROMIUM := /usr/bin/chromium
+.PHONY: browser
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y --no-install-recommends chromium \
+				|| { apt-get update && apt-get install -y --no-install-recommends chromium; }; \
+		else \
+			echo "setup: $(CHROMIUM) is missing and we are not root: the portal's browser tests will skip"; \
+		fi; \
+	fi
+
+$(PORTAL_JS)/node_modules/.setup-stamp: $(PORTAL_JS)/package-lock.json $(PORTAL_JS)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(PORTAL_JS) --ignore-scripts --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "setup: npm not found, so $(PORTAL_JS) (axe-core) is not installed (browser tests will skip)"; \
+	fi
+
+setup: .venv/.setup-stamp $(TS_CLIENT)/node_modules/.setup-stamp browser $(PORTAL_JS)/node_modules/.setup-stamp ## Install everything the project needs (idempotent)
 
 run: setup ## Start the whole stack on embedded defaults; prints the MCP URL and a demo token
 	$(RUN) imagegen dev

@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
+from urllib.parse import urlencode
 
 import grpc
 import typer
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen.portal.v1 import portal_service_pb2, portal_service_pb2_grpc
 from imagegen_cli.nats_embedded import embedded_nats_command
 from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok, imagegen_command
 
@@ -172,6 +174,17 @@ def ensure_demo_account(state: DevState, billing_address: str) -> None:
             state.account_id, state.token = issued.token.account_id, issued.token_secret
 
 
+def demo_login_url(state: DevState, billing_address: str, public_url: str) -> str:
+    """A fresh one-time sign-in link (15 minutes) of the demo account, for the portal."""
+    with grpc.insecure_channel(billing_address) as channel:
+        reply = portal_service_pb2_grpc.PortalServiceStub(channel).CreateLoginLink(
+            portal_service_pb2.CreateLoginLinkRequest(account=DEMO_EMAIL),
+            metadata=(("authorization", f"Bearer {state.admin_token}"),),
+            timeout=10,
+        )
+    return f"{public_url}/signin/link?{urlencode({'token': reply.link_token})}"
+
+
 def banner(ready: dict[str, str]) -> str:
     mcp_config = {
         "mcpServers": {
@@ -185,6 +198,10 @@ def banner(ready: dict[str, str]) -> str:
     return f"""
 imagegen is running.
 
+  Portal         {ready["portal_url"]}
+  Sign in        {ready["login_url"]}
+                 (the demo account {DEMO_EMAIL}; one use, 15 minutes; later links for any account are
+                 logged here when you ask for them on the portal, or: imagegen admin account login-link)
   MCP endpoint   {ready["mcp_url"]}
   REST API       {ready["rest_url"]}
   Demo token     {ready["token"]}   ({DEMO_CREDITS} credits on first start)
@@ -239,6 +256,8 @@ def dev(
             "IMAGEGEN_LOG_FORMAT": os.environ.get("IMAGEGEN_LOG_FORMAT", "text"),
             "IMAGEGEN_ADMIN_TOKEN": state.admin_token,
             "IMAGEGEN_PUBLIC_BASE_URL": os.environ.get("IMAGEGEN_PUBLIC_BASE_URL", public_url),
+            # Without SMTP, the portal's sign-in links are logged on this console.
+            "IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE": os.environ.get("IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE", "true"),
         },
     )
 
@@ -254,7 +273,10 @@ def dev(
         state.save(state_path)
         stack.start_generator()
         stack.start_gateway(host, port)
+        portal_url = stack.env["IMAGEGEN_PUBLIC_BASE_URL"].rstrip("/")
         ready = {
+            "portal_url": f"{portal_url}/",
+            "login_url": demo_login_url(state, billing_address, portal_url),
             "mcp_url": f"{public_url}/api/mcp",
             "rest_url": f"{public_url}/api",
             "billing_address": billing_address,

@@ -134,13 +134,19 @@ class Accounts:
                 api_tokens.c.token_hash,
                 api_tokens.c.last_used_time,
                 api_tokens.c.revoke_time,
+                accounts.c.disable_time,  # portal: a disabled account's tokens stop working
             )
             .join(api_tokens, api_tokens.c.account_id == accounts.c.id)
             .where(api_tokens.c.token_hash == token_hash)
         )
         async with self.db.read() as conn:
             row = (await conn.execute(query)).first()
-        if row is None or row.revoke_time is not None or not tokens.hashes_match(row.token_hash, token):
+        if (
+            row is None
+            or row.revoke_time is not None
+            or row.disable_time is not None  # portal: a disabled account's tokens stop working
+            or not tokens.hashes_match(row.token_hash, token)
+        ):
             raise UnauthenticatedError(INVALID_TOKEN)
         at = now()
         if row.last_used_time is None or at - row.last_used_time >= LAST_USED_RESOLUTION:

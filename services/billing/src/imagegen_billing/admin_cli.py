@@ -400,3 +400,7 @@ def _token_lines(tokens: Any) -> Iterator[str]:
         state = "revoked" if t.HasField("revoke_time") else "active"
         used = _time(t.last_used_time) or "never used"
         yield f"token     {t.id}  {t.prefix}…  {t.label}  {state}  {used}"
+
+
+# The portal's commands (account login-link, account set-role) live in their own module.
+from imagegen_billing import portal_admin_cli  # noqa: E402, F401

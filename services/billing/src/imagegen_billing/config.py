@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
+from imagegen_billing.portal_config import PortalSettings
 from imagegen_common.settings import BaseServiceSettings, NatsSettings, split_host_port
 
 #: The shortest admin token billing accepts.
@@ -13,7 +14,7 @@ ADMIN_TOKEN_MIN_CHARS = 24
 _PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace", "secret")
 
 
-class BillingSettings(BaseServiceSettings, NatsSettings):
+class BillingSettings(BaseServiceSettings, NatsSettings, PortalSettings):  # PortalSettings: the portal
     billing_listen: str = Field("127.0.0.1:50051", description="gRPC listen address of billing (host:port).")
     billing_ops_listen: str = Field(
         "127.0.0.1:9101", description="Operations HTTP address of billing: `/metrics`, `/healthz`, `/readyz`."

@@ -73,6 +73,9 @@ class AccountRow(Base):
     # Sum of the account's held reservations (already taken off `credits`).
     reserved_credits: Mapped[int] = mapped_column(BigInteger)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The portal (people.py): "user" or "admin"; a disabled account's tokens and sessions do not work.
+    role: Mapped[str] = mapped_column(String(16), server_default=text("'user'"))
+    disable_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ApiTokenRow(Base):
@@ -173,9 +176,78 @@ class LedgerEntryRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class SignInIdentityRow(Base):
+    """An OpenID Connect identity (issuer, subject) that signs in to an account."""
+
+    __tablename__ = "sign_in_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(254))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_sign_in_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class SessionRow(Base):
+    """A signed-in browser session; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "sessions"
+    # Purging ended and expired sessions (portal.PURGE_AFTER past their end).
+    __table_args__ = (Index("ix_sessions_expire_time", "expire_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    end_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class LoginLinkRow(Base):
+    """A one-time sign-in link; only the SHA-256 of its secret is kept. ``account_id`` is empty for a
+    sign-up (the account is made when the link is used)."""
+
+    __tablename__ = "login_links"
+    __table_args__ = (Index("ix_login_links_expire_time", "expire_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(254))
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    next_path: Mapped[str] = mapped_column(String(2048))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    use_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class SignInAttemptRow(Base):
+    """A request for a sign-in link, kept for the rate limits' window."""
+
+    __tablename__ = "sign_in_attempts"
+    __table_args__ = (
+        Index("ix_sign_in_attempts_email_create_time", "email", "create_time"),
+        Index("ix_sign_in_attempts_client_address_create_time", "client_address", "create_time"),
+        Index("ix_sign_in_attempts_create_time", "create_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(254))
+    client_address: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 accounts = cast(Table, AccountRow.__table__)
 api_tokens = cast(Table, ApiTokenRow.__table__)
 reservations = cast(Table, ReservationRow.__table__)
 ledger_entries = cast(Table, LedgerEntryRow.__table__)
 webhook_attempts = cast(Table, WebhookAttemptRow.__table__)
 account_webhooks = cast(Table, AccountWebhookRow.__table__)
+sign_in_identities = cast(Table, SignInIdentityRow.__table__)
+sessions = cast(Table, SessionRow.__table__)
+login_links = cast(Table, LoginLinkRow.__table__)
+sign_in_attempts = cast(Table, SignInAttemptRow.__table__)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen.portal.v1 import portal_service_pb2_grpc  # portal
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.admin_servicer import AdminServicer
@@ -23,6 +24,7 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
 from imagegen_billing.reaper import run_reaper
 from imagegen_billing.servicer import BillingServicer
 from imagegen_billing.settlement import SettlementConsumer
@@ -88,17 +90,21 @@ class BillingServer:
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.accounts, self.ledger, self.webhooks), server
         )
+        portal_service_pb2_grpc.add_PortalServiceServicer_to_server(  # portal
+            make_portal_servicer(self.settings, self.db, self.accounts, self.ledger), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 BILLING_SERVICE,
                 ADMIN_SERVICE,
+                PORTAL_SERVICE,  # portal
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             server,
         )
-        for service in ("", BILLING_SERVICE, ADMIN_SERVICE):
+        for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = server.add_insecure_port(self.settings.billing_listen)
         if not self.port:
@@ -133,7 +139,7 @@ class BillingServer:
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for service in ("", BILLING_SERVICE, ADMIN_SERVICE):
+                for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
                     await self.health.set(service, status)
                 log.log(
                     logging.INFO if ok else logging.WARNING,

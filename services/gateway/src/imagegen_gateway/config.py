@@ -11,9 +11,16 @@ from pydantic_settings import NoDecode
 
 from imagegen_common.images import ImageStorageSettings
 from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings, split_host_port
+from imagegen_gateway.portal.settings import PortalGatewaySettings  # portal (issue 11)
 
 
-class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings, ImageStorageSettings):
+class GatewaySettings(
+    BaseServiceSettings,
+    NatsSettings,
+    PublicUrlSettings,
+    ImageStorageSettings,
+    PortalGatewaySettings,  # portal
+):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")
     billing_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one gRPC call to billing.")
