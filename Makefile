@@ -88,7 +88,7 @@ deploy-check: setup ## Validate Dockerfiles, docker-compose.yml and the Kubernet
 	@if [ -x scripts/deploy-check.sh ]; then $(RUN) scripts/deploy-check.sh; else echo "deploy-check: nothing to check yet"; fi
 
 pytest: setup ## The test suite, in parallel
-	$(RUN) pytest -n auto
+	$(RUN) pytest -n auto --dist loadgroup
 
 bench: setup ## Benchmarks (print numbers with a same-run baseline)
 	@for b in bench/*.py; do echo "== $$b"; $(RUN) python $$b; done

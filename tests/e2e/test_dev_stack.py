@@ -20,7 +20,10 @@ from imagegen_cli.processes import ChildProcess, grpc_serving, imagegen_command
 from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
 
-pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+# Starts service processes (`-m "not slow"` skips it). `imagegen dev` prefers the well-known ports
+# (50051, 9101, 9102), so two dev stacks starting at once could race for one: every module that starts
+# `imagegen dev` runs on the same xdist worker (`--dist loadgroup`), one after the other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("imagegen-dev")]
 
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 

@@ -18,7 +18,10 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from imagegen_cli.processes import ChildProcess, imagegen_command
 from imagegen_testing.net import free_port
 
-pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+# Starts service processes (`-m "not slow"` skips it). `imagegen dev` prefers the well-known ports
+# (50051, 9101, 9102), so two dev stacks starting at once could race for one: every module that starts
+# `imagegen dev` runs on the same xdist worker (`--dist loadgroup`), one after the other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("imagegen-dev")]
 
 
 class DevRun:

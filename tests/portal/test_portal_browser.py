@@ -23,7 +23,7 @@ from imagegen.portal.v1 import portal_service_pb2, portal_service_pb2_grpc
 from imagegen_testing.mcp import mcp_client
 from imagegen_testing.stack import RunningStack
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # a real stack and Chromium
 
 Page = Any
 T = TypeVar("T")

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from imagegen_cli.processes import ChildProcess, imagegen_command
+from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
+
+# Starts `imagegen dev`, which prefers well-known ports: one dev stack at a time (see test_dev_stack).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("imagegen-dev")]
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
 
@@ -51,9 +55,10 @@ def test_dev_prints_a_working_sign_in_link_and_logs_new_ones(tmp_path: Path) -> 
             assert signout.status_code == 303
             landing = client.get("/")
             client.post("/signin/email", data={"email": "demo@imagegen.local", "csrf_token": _csrf(landing)})
-        deadline = time.monotonic() + 30
-        while log.read_text().count("/signin/link?token=") < 2:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        eventually_blocking(
+            lambda: log.read_text().count("/signin/link?token=") >= 2,
+            what="a second sign-in link on the console",
+            detail=lambda: log.read_text()[-3000:],
+        )
     finally:
         dev.stop()

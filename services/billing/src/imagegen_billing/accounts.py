@@ -36,6 +36,28 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
+async def insert_account(
+    conn: AsyncConnection, account_id: str, email: str, *, credits: int, at: datetime, note: str
+) -> None:
+    """Writes a new account (email normalised by the caller) and the ledger grant of its starting
+    credits. An email that exists already raises IntegrityError (the unique index decides a race)."""
+    await conn.execute(
+        insert(accounts).values(
+            id=account_id, email=email, credits=credits, reserved_credits=0, create_time=at
+        )
+    )
+    if credits:
+        await append_entry(
+            conn,
+            account_id=account_id,
+            kind=EntryKind.GRANT,
+            amount=credits,
+            balance_after=credits,
+            at=at,
+            note=note,
+        )
+
+
 class Accounts:
     """Accounts and API tokens."""
 
@@ -56,21 +78,7 @@ class Accounts:
                 exists = await conn.scalar(select(accounts.c.id).where(accounts.c.email == email))
                 if exists:
                     raise AlreadyExistsError(f"an account with email {email} already exists")
-                await conn.execute(
-                    insert(accounts).values(
-                        id=account_id, email=email, credits=credits, reserved_credits=0, create_time=at
-                    )
-                )
-                if credits:
-                    await append_entry(
-                        conn,
-                        account_id=account_id,
-                        kind=EntryKind.GRANT,
-                        amount=credits,
-                        balance_after=credits,
-                        at=at,
-                        note="initial credits",
-                    )
+                await insert_account(conn, account_id, email, credits=credits, at=at, note="initial credits")
                 token, secret = await _insert_token(conn, account_id, token_label)
         except IntegrityError as exc:  # another call created the same email a moment ago
             raise AlreadyExistsError(f"an account with email {email} already exists") from exc

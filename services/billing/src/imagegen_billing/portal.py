@@ -15,12 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagegen_billing import people
-from imagegen_billing.accounts import account_by_alias
+from imagegen_billing.accounts import account_by_alias, insert_account
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
     Account,
     ApiToken,
-    EntryKind,
     InvalidArgumentError,
     NotFoundError,
     UnauthenticatedError,
@@ -48,7 +47,6 @@ from imagegen_billing.store import (
     ACCOUNT_COLUMNS,
     TOKEN_COLUMNS,
     AnyRow,
-    append_entry,
     now,
     to_account,
     to_token,
@@ -248,23 +246,9 @@ class Portal:
         credits = self.signup.credits
         try:
             async with conn.begin_nested():
-                await conn.execute(
-                    insert(accounts).values(
-                        id=account_id, email=email, credits=credits, reserved_credits=0, create_time=at
-                    )
-                )
+                await insert_account(conn, account_id, email, credits=credits, at=at, note="sign-up credits")
         except IntegrityError:  # made a moment ago by another sign-in
             return str(await conn.scalar(select(accounts.c.id).where(accounts.c.email == email)))
-        if credits:
-            await append_entry(
-                conn,
-                account_id=account_id,
-                kind=EntryKind.GRANT,
-                amount=credits,
-                balance_after=credits,
-                at=at,
-                note="sign-up credits",
-            )
         return account_id
 
     # Sessions
