@@ -4,9 +4,11 @@ to a real receiver in this process."""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from imagegen_testing.mcp import mcp_client
@@ -30,6 +32,10 @@ def _settled(spans: list[ReceivedSpan], job_id: str) -> bool:
     )
 
 
+def _is_settled(receiver: OtlpReceiver, job_id: str) -> bool:
+    return _settled(receiver.spans(), job_id)
+
+
 async def test_one_generation_is_one_trace_across_the_three_services(tmp_path: Path) -> None:
     with OtlpReceiver() as receiver:
         running = start_stack(
@@ -46,12 +52,24 @@ async def test_one_generation_is_one_trace_across_the_three_services(tmp_path: P
             assert isinstance(result.structured_content, dict)
             job_id = result.structured_content["image_id"]
 
-            await eventually(
-                lambda: _settled(receiver.spans(), job_id),
+            # The REST surface: the submit's HTTP request is the root of its image's trace.
+            submitted = httpx.post(
+                f"{running.rest_url}/images/generate",
+                json={"model": "flux-1", "prompt": PROMPT, "width": 512, "height": 512},
+                headers={"Authorization": f"Bearer {account.token}"},
                 timeout=30,
-                what="the settlement span of the job",
-                detail=lambda: str(Counter((s.service, s.name) for s in receiver.spans())),
             )
+            assert submitted.status_code == 200, submitted.text
+            [queued] = submitted.json()["images"]
+            rest_job_id = queued["id"]
+
+            for settled_job in (job_id, rest_job_id):
+                await eventually(
+                    functools.partial(_is_settled, receiver, settled_job),
+                    timeout=30,
+                    what="the settlement span of the job",
+                    detail=lambda: str(Counter((s.service, s.name) for s in receiver.spans())),
+                )
         finally:
             running.stop()
         spans = receiver.spans()
@@ -88,6 +106,16 @@ async def test_one_generation_is_one_trace_across_the_three_services(tmp_path: P
     assert parent[job.parent_span_id].name == "publish imagegen.jobs.generate"
     settlement = next(s for s in trace if s.name == "billing.settlement")
     assert parent[settlement.parent_span_id].name == "publish imagegen.events.job.outcome"
+
+    rest = _trace_of(spans, rest_job_id)
+    detail = str(sorted((s.service, s.name) for s in rest))
+    rest_ids = {s.span_id for s in rest}
+    assert [(s.service, s.name) for s in rest if s.parent_span_id not in rest_ids] == [
+        ("gateway", "POST /api/images/generate")
+    ], detail
+    assert {("generator", "generator.job"), ("billing", "billing.settlement")} <= {
+        (s.service, s.name) for s in rest
+    }, detail
 
     # Nothing of the prompt (or anything that looks like a secret) in any attribute of any span.
     for span in spans:

@@ -143,3 +143,24 @@ async def test_traced_and_untraced(exported: InMemorySpanExporter) -> None:
     assert await normalize(2) == 4
     assert [span.name for span in exported.get_finished_spans()] == ["generator.normalize"]
     assert await tracing.untraced(suppressed())
+
+
+async def test_http_client_spans_keep_urls_without_their_query() -> None:
+    import httpx
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    presigned = "https://bucket.example.com/in.png?X-Amz-Credential=AKIA&X-Amz-Signature=abc123#part"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200))) as client:
+        HTTPXClientInstrumentor.instrument_client(
+            client,
+            tracer_provider=provider,
+            request_hook=tracing._async_without_query,  # an AsyncClient's hook is a coroutine function
+        )
+        assert (await client.get(presigned)).status_code == 200
+    [span] = exporter.get_finished_spans()
+    urls = [v for k, v in (span.attributes or {}).items() if k in ("http.url", "url.full")]
+    assert urls == ["https://bucket.example.com/in.png"]
+    provider.shutdown()

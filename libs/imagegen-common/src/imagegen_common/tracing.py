@@ -240,12 +240,33 @@ def instrument_sqlalchemy(engine: Any) -> None:
         )
 
 
+#: Span attributes that hold a request's full URL (old and stable HTTP semantic conventions).
+_URL_ATTRIBUTES = ("http.url", "url.full")
+
+
+def _without_query(span: Any, request: Any) -> None:
+    """An input image's URL may be presigned (a signature, a token in its query): the span keeps the
+    URL without its query and fragment."""
+    attributes = getattr(span, "attributes", None) or {}
+    for key in _URL_ATTRIBUTES:
+        value = attributes.get(key)
+        if isinstance(value, str) and ("?" in value or "#" in value):
+            span.set_attribute(key, value.split("#", 1)[0].split("?", 1)[0])
+
+
 def instrument_httpx() -> None:
-    """Client spans for every ``httpx`` request (the provider's calls to Replicate, input images)."""
+    """Client spans for every ``httpx`` request (the provider's calls to Replicate, input images),
+    their URLs without the query."""
     if _enabled:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-        HTTPXClientInstrumentor().instrument()
+        HTTPXClientInstrumentor().instrument(
+            request_hook=_without_query, async_request_hook=_async_without_query
+        )
+
+
+async def _async_without_query(span: Any, request: Any) -> None:
+    _without_query(span, request)
 
 
 def instrument_asgi_app(app: Any) -> None:
