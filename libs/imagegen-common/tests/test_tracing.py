@@ -164,3 +164,19 @@ async def test_http_client_spans_keep_urls_without_their_query() -> None:
     urls = [v for k, v in (span.attributes or {}).items() if k in ("http.url", "url.full")]
     assert urls == ["https://bucket.example.com/in.png"]
     provider.shutdown()
+
+
+def test_json_log_lines_name_the_trace_they_belong_to(exported: InMemorySpanExporter) -> None:
+    import json
+    import logging
+
+    from imagegen_common.logging import JsonFormatter
+
+    formatter = JsonFormatter("generator")
+    record = logging.makeLogRecord({"msg": "job started", "levelno": logging.INFO, "levelname": "INFO"})
+    assert "trace_id" not in json.loads(formatter.format(record))  # no span: no ids
+    with tracing._tracer.start_as_current_span("generator.job") as span:
+        line = json.loads(formatter.format(record))
+    context = span.get_span_context()
+    assert line["trace_id"] == f"{context.trace_id:032x}"
+    assert line["span_id"] == f"{context.span_id:016x}"

@@ -185,6 +185,17 @@ def set_attributes(attributes: Mapping[str, str | int | float | bool]) -> None:
         trace.get_current_span().set_attributes(attributes)
 
 
+def log_ids() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the current span, for a log line (Jaeger finds the trace by
+    its id); empty when tracing is off or no span is current."""
+    if not _enabled:
+        return {}
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return {}
+    return {"trace_id": f"{span_context.trace_id:032x}", "span_id": f"{span_context.span_id:016x}"}
+
+
 async def untraced(work: Awaitable[R]) -> R:
     """Awaits ``work`` with instrumentation suppressed: for background loops (health probes, the
     reaper) whose database queries would otherwise each be a trace of their own."""
