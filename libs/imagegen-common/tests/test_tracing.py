@@ -180,3 +180,32 @@ def test_json_log_lines_name_the_trace_they_belong_to(exported: InMemorySpanExpo
     context = span.get_span_context()
     assert line["trace_id"] == f"{context.trace_id:032x}"
     assert line["span_id"] == f"{context.span_id:016x}"
+
+
+SPAN_IN_A_PROCESS = """
+from opentelemetry import trace
+from imagegen_common import tracing
+assert tracing.setup_tracing("billing")
+with trace.get_tracer("test").start_as_current_span("one span"):
+    pass
+"""  # no flush: the exporter's batch goes out as the process exits
+
+
+@pytest.mark.parametrize(("service_name", "expected"), [(None, "billing"), ("billing-eu", "billing-eu")])
+def test_set_up_exports_over_otlp_http_and_flushes_at_exit(service_name: str | None, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from imagegen_testing.otlp import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        env.pop("OTEL_SERVICE_NAME", None)
+        if service_name:
+            env["OTEL_SERVICE_NAME"] = service_name
+        subprocess.run([sys.executable, "-c", SPAN_IN_A_PROCESS], env=env, check=True, timeout=60)
+        [span] = receiver.spans()
+    assert span.name == "one span"
+    assert span.service == expected
+    assert span.resource["service.namespace"] == "imagegen"

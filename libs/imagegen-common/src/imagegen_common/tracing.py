@@ -102,8 +102,11 @@ def setup_tracing(service: str, environ: Mapping[str, str] = os.environ) -> bool
     _enabled = True
     log.info(
         "tracing on",
-        extra={"service": provider.resource.attributes.get(SERVICE_NAME), "exporter": "otlp/http"},
+        extra={"service_name": provider.resource.attributes.get(SERVICE_NAME), "exporter": "http/protobuf"},
     )
+    protocol = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+    if protocol not in ("", "http/protobuf"):
+        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL ignored: spans are exported as OTLP http/protobuf")
     return True
 
 
