@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegen_common import nats_names
 from imagegen_common.settings import ENV_PREFIX
+from imagegen_common.tracing import traced
 
 StorageBackend = Literal["nats", "s3"]
 
@@ -204,6 +205,7 @@ class NatsImageStore:
             )
         return cls(store, read_timeout)
 
+    @traced("image_store.put")
     async def put(self, image_id: str, data: bytes, mime_type: str) -> StoredImage:
         filename = image_filename(image_id, mime_type)
         info = await self._store.put(
@@ -248,6 +250,7 @@ class S3ImageStore:
         self._bucket = bucket
         self._prefix = key_prefix
 
+    @traced("image_store.put")
     async def put(self, image_id: str, data: bytes, mime_type: str) -> StoredImage:
         filename = image_filename(image_id, mime_type)
         etag = strong_etag(data)

@@ -15,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from imagegen_common.tracing import log_ids
+
 LogFormat = Literal["json", "text"]
 
 _SECRET = re.compile(r"(igk_|iga_)[A-Za-z0-9_\-]{4,}|(?i:bearer\s+)[A-Za-z0-9_\-\.=]{8,}")
@@ -68,6 +70,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(_extras(record))
+        entry.update(log_ids())  # the trace of the line, when tracing is on
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         # json.dumps escapes C0 controls itself but leaves C1, separators and bidi characters raw.

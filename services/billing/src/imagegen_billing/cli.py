@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from imagegen_billing.config import BillingSettings, admin_token_problem
 from imagegen_common.logging import configure_logging
+from imagegen_common.tracing import setup_tracing
 
 app = typer.Typer(help="Run the billing service.", no_args_is_help=False)
 
@@ -47,6 +48,7 @@ def main(ctx: typer.Context) -> None:
     # admin …` too), and the server's dependencies (SQLAlchemy, Alembic, nats-py) take seconds.
     from imagegen_billing.server import serve  # noqa: PLC0415
 
+    setup_tracing("billing")
     try:
         asyncio.run(serve(settings))
     except Exception:

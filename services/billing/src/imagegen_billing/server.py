@@ -29,6 +29,7 @@ from imagegen_billing.reaper import run_reaper
 from imagegen_billing.servicer import BillingServicer
 from imagegen_billing.settlement import SettlementConsumer
 from imagegen_billing.webhooks import Webhooks
+from imagegen_common import tracing
 from imagegen_common.catalog import load_catalog
 from imagegen_common.ops_http import serving_ops
 from imagegen_common.settings import split_host_port
@@ -112,9 +113,11 @@ class BillingServer:
         await server.start()
         self.grpc_server = server
         self._tasks = [
-            asyncio.create_task(self._watch_database(), name="health"),
+            # Background queries are no generation: untraced, or each would be a trace of its own.
+            asyncio.create_task(tracing.untraced(self._watch_database()), name="health"),
             asyncio.create_task(
-                run_reaper(self.ledger, self.settings.billing_reaper_interval_seconds), name="reaper"
+                tracing.untraced(run_reaper(self.ledger, self.settings.billing_reaper_interval_seconds)),
+                name="reaper",
             ),
         ]
         if self.settlement is not None:
@@ -176,6 +179,8 @@ async def serve(settings: BillingSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     server = BillingServer(settings)
+    tracing.instrument_grpc_server()  # before the server is built: it adds its interceptor
+    tracing.instrument_sqlalchemy(server.db.engine)
     host, port = split_host_port(settings.billing_ops_listen)
     try:
         async with serving_ops(host, port, server.readiness):

@@ -25,7 +25,7 @@ from imagegen_billing import convert, metrics
 from imagegen_billing.domain import InvalidArgumentError, JobError, JobResult, SettleOutcome, shown
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.store import now
-from imagegen_common import nats_names
+from imagegen_common import nats_names, tracing
 from imagegen_common.jetstream import ensure_stream
 from imagegen_common.messaging import HANDLER_BACKOFF, Backoff, SlotPuller, connect, retry_forever
 
@@ -126,6 +126,7 @@ class SettlementConsumer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._puller: SlotPuller | None = None
 
+    @tracing.consuming("billing.settlement")  # continues the trace of the job the event is about
     async def _on_message(self, msg: Msg) -> None:
         subject = msg.subject
         try:
@@ -158,6 +159,7 @@ class SettlementConsumer:
 
     async def _on_outcome(self, outcome: jobs_pb2.JobOutcome) -> None:
         result = await settle_outcome(self.ledger, outcome)
+        tracing.set_attributes({"imagegen.job_id": outcome.job_id, "imagegen.settlement": result})
         metrics.settlement_event(result)
         level = logging.WARNING if result in {"conflict", "unknown_job"} else logging.INFO
         log.log(level, "outcome settled", extra={"job_id": outcome.job_id, "result": result})

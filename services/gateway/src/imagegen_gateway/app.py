@@ -10,6 +10,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
+from imagegen_common import tracing
 from imagegen_gateway.api import account, files, images, mcp, models, ops
 from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.api.responses import install_error_handlers
@@ -55,6 +56,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
+    tracing.instrument_asgi_app(app)  # no-ops unless setup_tracing turned tracing on
+    tracing.instrument_grpc_client()  # before the lifespan opens the channel to billing
     return app
 
 

@@ -19,11 +19,13 @@ def serve(ctx: typer.Context) -> None:
 
     from imagegen_common.logging import configure_logging
     from imagegen_common.ops_http import EmbeddedServer
+    from imagegen_common.tracing import setup_tracing
     from imagegen_gateway.app import create_app
     from imagegen_gateway.config import GatewaySettings
 
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_format)
+    setup_tracing("gateway")
     host, port = settings.listen
     config = uvicorn.Config(
         create_app(settings),

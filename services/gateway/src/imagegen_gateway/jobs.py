@@ -17,7 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names, timestamps
+from imagegen_common import nats_names, timestamps, tracing
 from imagegen_common.ids import random_id
 from imagegen_common.jetstream import ensure_key_value, ensure_stream
 from imagegen_gateway import wire
@@ -148,12 +148,14 @@ class JobBus:
             report_start=not spec.reply,  # nobody waits on a reply: the submitter polls the status
             notify_webhook=spec.notify_webhook,
         )
-        await self.js.publish(
-            nats_names.JOBS_SUBJECT,
-            job.SerializeToString(),
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-            headers={"Nats-Msg-Id": job.job_id},
-        )
+        # The trace context goes with the job: the generator's spans continue this trace.
+        with tracing.producing(nats_names.JOBS_SUBJECT, {"Nats-Msg-Id": job.job_id}) as headers:
+            await self.js.publish(
+                nats_names.JOBS_SUBJECT,
+                job.SerializeToString(),
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+                headers=headers,
+            )
 
     async def cancel(self, job_id: str, reason: ReleaseReason) -> None:
         """Asks the generators not to start the job, or to stop it if one runs it."""

@@ -30,6 +30,7 @@ from imagegen_common.logging import configure_logging
 from imagegen_common.messaging import connect, retry_forever
 from imagegen_common.ops_http import serving_ops
 from imagegen_common.safe_fetch import FetchPolicy, Resolver, SafeFetcher
+from imagegen_common.tracing import instrument_httpx, setup_tracing
 from imagegen_generator import metrics
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.consumer import ConsumerOptions, JobConsumer
@@ -271,4 +272,6 @@ async def serve(settings: GeneratorSettings) -> int:
 
 def main(settings: GeneratorSettings) -> int:
     configure_logging("generator", settings.log_level, settings.log_format)
+    if setup_tracing("generator"):
+        instrument_httpx()  # calls to Replicate, input images
     return asyncio.run(serve(settings))

@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names
+from imagegen_common import nats_names, tracing
 from imagegen_common.messaging import SlotPuller
 from imagegen_generator import metrics
 from imagegen_generator.errors import InternalError
@@ -116,6 +116,7 @@ class JobConsumer:
                 await self._sub.unsubscribe()
             self._sub = None
 
+    @tracing.consuming("generator.job")  # continues the trace of the gateway that published the job
     async def _handle_delivery(self, msg: Msg) -> None:
         attempt = msg.metadata.num_delivered or 1
         if attempt > 1:
@@ -131,6 +132,9 @@ class JobConsumer:
             )
             await msg.term()
             return
+        tracing.set_attributes(
+            {"imagegen.job_id": job.job_id, "imagegen.model": job.model, "imagegen.attempt": attempt}
+        )
         running = _Running(job.job_id)
         self._running[job.job_id] = running
         metrics.IN_FLIGHT.inc()

@@ -11,7 +11,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names
+from imagegen_common import nats_names, tracing
 from imagegen_generator import metrics
 from imagegen_generator.errors import outcome_label
 
@@ -43,13 +43,16 @@ class NatsJobEvents:
         self._known_models = known_models
 
     async def started(self, event: jobs_pb2.JobStarted) -> None:
-        await self._js.publish(
-            nats_names.STARTED_SUBJECT,
-            event.SerializeToString(),
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-            stream=nats_names.EVENTS_STREAM,
-            headers={"Nats-Msg-Id": f"started-{event.job_id}-{event.attempt}"},
-        )
+        with tracing.producing(
+            nats_names.STARTED_SUBJECT, {"Nats-Msg-Id": f"started-{event.job_id}-{event.attempt}"}
+        ) as headers:
+            await self._js.publish(
+                nats_names.STARTED_SUBJECT,
+                event.SerializeToString(),
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+                stream=nats_names.EVENTS_STREAM,
+                headers=headers,
+            )
 
     async def progress(self, reply_subject: str, progress: jobs_pb2.JobProgress) -> None:
         await self._nc.publish(reply_subject, jobs_pb2.JobUpdate(progress=progress).SerializeToString())
@@ -57,13 +60,17 @@ class NatsJobEvents:
     async def outcome(self, outcome: jobs_pb2.JobOutcome, reply_subject: str) -> bool:
         """Publishes the outcome; returns False when an outcome of this job was already published
         (a redelivered job), in which case the reply subject is not told again."""
-        ack = await self._js.publish(
-            nats_names.OUTCOME_SUBJECT,
-            outcome.SerializeToString(),
-            timeout=PUBLISH_TIMEOUT_SECONDS,
-            stream=nats_names.EVENTS_STREAM,
-            headers={"Nats-Msg-Id": f"outcome-{outcome.job_id}"},
-        )
+        # The trace context goes with the event: billing's settlement continues the job's trace.
+        with tracing.producing(
+            nats_names.OUTCOME_SUBJECT, {"Nats-Msg-Id": f"outcome-{outcome.job_id}"}
+        ) as headers:
+            ack = await self._js.publish(
+                nats_names.OUTCOME_SUBJECT,
+                outcome.SerializeToString(),
+                timeout=PUBLISH_TIMEOUT_SECONDS,
+                stream=nats_names.EVENTS_STREAM,
+                headers=headers,
+            )
         if ack.duplicate:
             log.info("outcome already published", extra={"job_id": outcome.job_id})
             return False

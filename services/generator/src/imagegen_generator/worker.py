@@ -24,6 +24,7 @@ from imagegen_common.images import MIME_BY_EXTENSION, ImageStore, image_filename
 from imagegen_common.logging import prompt_preview
 from imagegen_common.messaging import Backoff
 from imagegen_common.timestamps import duration, from_seconds, seconds_of
+from imagegen_common.tracing import traced
 from imagegen_generator import metrics
 from imagegen_generator.errors import (
     Cancelled,
@@ -318,6 +319,7 @@ class JobRunner:
             raise InvalidInput("The prompt is empty.")
         return model
 
+    @traced("generator.provider")
     async def _generate(
         self, job: jobs_pb2.GenerationJob, model: Model, deadline: float | None
     ) -> ProviderOutput:
@@ -335,6 +337,7 @@ class JobRunner:
         )
         return await self._provider.generate(request)
 
+    @traced("generator.normalize")
     async def _normalize(self, data: bytes, job: jobs_pb2.GenerationJob) -> NormalizedImage:
         try:
             # Decoding and encoding are CPU work: off the event loop, which keeps pulling and acking.

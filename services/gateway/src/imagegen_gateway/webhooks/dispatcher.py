@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from imagegen.jobs.v1 import jobs_pb2
-from imagegen_common import nats_names
+from imagegen_common import nats_names, tracing
 from imagegen_common.jetstream import ensure_stream
 from imagegen_common.messaging import Backoff, SlotPuller
 from imagegen_gateway import wire
@@ -157,6 +157,7 @@ class WebhookDispatcher:
                 await self._sub.unsubscribe()
             self._sub = None
 
+    @tracing.consuming("gateway.webhook")  # continues the trace of the job the outcome is about
     async def _handle(self, msg: Msg) -> None:
         try:
             await self._handle_outcome(msg)
