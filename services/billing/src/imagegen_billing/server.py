@@ -24,6 +24,7 @@ from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.reaper import run_reaper
+from imagegen_billing.revocations import RevocationPublisher
 from imagegen_billing.servicer import BillingServicer
 from imagegen_billing.settlement import SettlementConsumer
 from imagegen_billing.webhooks import Webhooks
@@ -65,6 +66,9 @@ class BillingServer:
             if settings.billing_settlement_enabled
             else None
         )
+        self.revocations = RevocationPublisher(
+            lambda: self.settlement.connection if self.settlement is not None else None
+        )
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,7 +90,7 @@ class BillingServer:
             BillingServicer(self.accounts, self.ledger, catalog, self.webhooks), server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.accounts, self.ledger, self.webhooks), server
+            AdminServicer(self.accounts, self.ledger, self.webhooks, self.revocations), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
