@@ -18,20 +18,24 @@ from imagegen.billing.v1.resources_pb2 import LedgerEntry
 from imagegen_cli.dev import port_or_free
 from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok, imagegen_command
 from imagegen_gateway.generation import idempotent_job_id
+from imagegen_testing.fake_replicate import FakeReplicate
+from imagegen_testing.polling import eventually
 from imagegen_testing.stack import Account, RunningStack
 
 #: Long enough for a job's reservation to expire and the reaper to release it (a job of the fault
-#: stacks times out after ``JOB_TIMEOUT`` s, plus the grace), with room for a loaded machine.
+#: stack times out after 28 s, plus the grace), with room for a loaded machine.
 BOOKS_TIMEOUT = 150.0
-JOB_TIMEOUT = "40"
 
-#: Settings of a fault stack: short job deadlines and grace, a reaper that runs every second and
-#: status checks every second, so that whatever a fault leaves behind is settled within a minute.
+#: Settings of a fault stack: short job deadlines (shorter than NATS' former 30 s ack wait, so that a
+#: job stranded that long would time out) and grace, a reaper and status checks every second, so
+#: that whatever a fault leaves behind is settled within a minute; a checked token is trusted for an
+#: hour, so that only the revocation broadcast can end it sooner.
 FAULT_ENV = {
-    "IMAGEGEN_JOB_TIMEOUT_SECONDS": JOB_TIMEOUT,
+    "IMAGEGEN_JOB_TIMEOUT_SECONDS": "28",
     "IMAGEGEN_RESERVATION_GRACE_SECONDS": "5",
     "IMAGEGEN_BILLING_REAPER_INTERVAL_SECONDS": "1",
     "IMAGEGEN_PROGRESS_INTERVAL_SECONDS": "1",
+    "IMAGEGEN_AUTH_CACHE_SECONDS": "3600",
 }
 
 
@@ -83,6 +87,16 @@ async def generate(
     return call
 
 
+async def calls_with_the_provider(
+    gateway_url: str, fake: FakeReplicate, account: Account, count: int
+) -> list[asyncio.Task[Call]]:
+    """Starts ``count`` calls and returns once the provider is making every one of their images."""
+    before = len(fake.creates)
+    calls = [asyncio.create_task(generate(gateway_url, account)) for _ in range(count)]
+    await eventually(lambda: len(fake.creates) >= before + count, what="every job with the provider")
+    return calls
+
+
 def _tool_result(response: httpx.Response) -> dict[str, Any] | None:
     """The call's result from a JSON or an event-stream answer (progress notifications come first);
     None when the stream ended without one (the gateway died mid-answer)."""
@@ -103,6 +117,28 @@ def kill(stack: RunningStack, name: str) -> None:
     child = stack.stack.child(name)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
+
+
+def live_generators(stack: RunningStack) -> list[str]:
+    return [name for name in stack.generators if stack.stack.child(name).alive()]
+
+
+def ensure_generators(stack: RunningStack, count: int) -> None:
+    """At least ``count`` live generator replicas (a test before may have killed some)."""
+    while len(live_generators(stack)) < count:
+        stack.add_generator(f"generator-{secrets.token_hex(3)}")
+
+
+def busy_generators(stack: RunningStack) -> list[str]:
+    """The live replicas that run a job now (their ``imagegen_generator_jobs_in_flight`` gauge)."""
+    busy = []
+    for name in live_generators(stack):
+        ops = stack.stack.child(name).env["IMAGEGEN_GENERATOR_OPS_LISTEN"]
+        metrics = httpx.get(f"http://{ops}/metrics", timeout=10).text
+        for line in metrics.splitlines():
+            if line.startswith("imagegen_generator_jobs_in_flight ") and float(line.split()[1]) > 0:
+                busy.append(name)
+    return busy
 
 
 def ready_check(child: ChildProcess) -> ReadyCheck:
