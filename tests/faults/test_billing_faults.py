@@ -9,10 +9,12 @@ import signal
 
 import pytest
 
+from imagegen_cli.processes import http_ok
 from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.faults import (
     calls_with_the_provider,
     check_books,
+    generate,
     in_thread,
     kill,
     restart,
@@ -38,6 +40,10 @@ async def test_calls_in_flight_ride_out_billing_killed_and_are_charged_once_it_i
     assert [c.ok for c in answered] == [True] * CALLS, answered
     check_books(stack, account, answered, stack.gateway_url)
     assert stack.credits(account.account_id) == 100 - CALLS * 2
+    # The gateway is back on billing within its short reconnect backoff (not gRPC's default 2 min).
+    stack.wait_for(http_ok(f"{stack.gateway_url}/readyz"), timeout=15, what="the gateway back on billing")
+    after = await generate(stack.gateway_url, account)
+    assert after.ok, after
 
 
 async def test_a_stalled_billing_never_turns_a_made_image_into_an_error(
