@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,7 +26,7 @@ from imagegen_gateway.domain import (
     SettleOutcome,
 )
 from imagegen_gateway.errors import GenerationFailedError, GenerationTimeoutError, ServiceUnavailableError
-from imagegen_gateway.generation import Generations, ImageRequest
+from imagegen_gateway.generation import Generations, ImageRequest, idempotent_job_id
 from imagegen_gateway.jobs import JobSpec, JobUpdate, Progress
 
 MODEL = Model(
@@ -278,3 +278,22 @@ async def test_a_timeout_billing_never_confirms_is_not_reported_as_free() -> Non
     assert "No credits were charged" not in raised.value.message
     assert f"/api/images/{job_id}" in raised.value.message  # where the client finds out
     assert billing.reservations[job_id].state is ReservationState.HELD
+
+
+async def test_a_repeat_that_times_out_leaves_the_first_calls_job_alone_and_says_where_to_look() -> None:
+    billing, jobs = FakeBilling(credits=100), FakeJobs()
+    job_id = idempotent_job_id(PRINCIPAL.account_id, "k")
+    billing.reservations[job_id] = Reservation(  # held by a first call, on a gateway that died
+        job_id=job_id,
+        account_id=PRINCIPAL.account_id,
+        amount=4,
+        state=ReservationState.HELD,
+        create_time=datetime.now(UTC),
+        expire_time=datetime.now(UTC) + timedelta(seconds=60.2),
+        request_fingerprint=REQUEST.fingerprint(),
+    )
+    with pytest.raises(GenerationTimeoutError) as raised:
+        await _generations(billing, jobs).generate(PRINCIPAL, REQUEST, idempotency_key="k")
+    assert "No credits were charged" not in raised.value.message  # the first call's job may finish
+    assert f"/api/images/{job_id}" in raised.value.message
+    assert billing.releases == [] and jobs.cancelled == [] and jobs.published == []

@@ -315,8 +315,12 @@ class Generations:
                     result = await self._wait(submission, updates, on_progress)
                 GENERATION_WAIT.labels(frontend=frontend).observe(time.perf_counter() - started)
             except GenerationTimeoutError:
-                if not submission.owned:  # the first call's job: not ours to cancel, and not charged here
-                    raise self._timed_out() from None
+                if not submission.owned:  # the first call's job: not ours to cancel; it may still finish
+                    raise GenerationTimeoutError(
+                        f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds; "
+                        f"it is still being made: repeat the call with the same idempotency_key, or see "
+                        f"GET /api/images/{job_id}"
+                    ) from None
                 late = await self._give_up(job_id, updates)
                 if late is None:
                     raise self._timed_out() from None
