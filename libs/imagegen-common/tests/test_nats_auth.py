@@ -156,6 +156,12 @@ async def test_each_service_does_its_own_work(clients: dict[Role, tuple[Client, 
     webhooks = await gjs.pull_subscribe_bind(n.WEBHOOKS_CONSUMER, n.EVENTS_STREAM)
     await (await webhooks.fetch(1, timeout=5))[0].ack()
 
+    # Billing tells every gateway at once that a token was revoked.
+    revocations = await gateway.subscribe(n.REVOCATIONS_SUBJECT)
+    await gateway.flush()
+    await billing.publish(n.REVOCATIONS_SUBJECT, b"revoked")
+    assert (await revocations.next_msg(timeout=5)).data == b"revoked"
+
     # Billing settles from the outcome events.
     await bjs.add_consumer(
         n.EVENTS_STREAM,
@@ -183,6 +189,8 @@ async def test_each_service_does_its_own_work(clients: dict[Role, tuple[Client, 
         (Role.GENERATOR, f"$JS.API.STREAM.PURGE.{n.JOBS_STREAM}"),
         (Role.GATEWAY, f"$JS.API.CONSUMER.DELETE.{n.EVENTS_STREAM}.{n.BILLING_SETTLEMENT_CONSUMER}"),
         (Role.BILLING, f"$KV.{n.IDEMPOTENCY_BUCKET}.key"),
+        (Role.GATEWAY, n.REVOCATIONS_SUBJECT),  # a forged revocation would lock users out
+        (Role.GENERATOR, n.REVOCATIONS_SUBJECT),
     ],
 )
 async def test_a_service_cannot_publish_what_is_not_its_own(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,7 +26,7 @@ from imagegen_gateway.domain import (
     SettleOutcome,
 )
 from imagegen_gateway.errors import GenerationFailedError, GenerationTimeoutError, ServiceUnavailableError
-from imagegen_gateway.generation import Generations, ImageRequest
+from imagegen_gateway.generation import Generations, ImageRequest, idempotent_job_id
 from imagegen_gateway.jobs import JobSpec, JobUpdate, Progress
 
 MODEL = Model(
@@ -54,6 +54,10 @@ class FakeBilling:
     settlements: list[tuple[str, JobResult]] = field(default_factory=list)
     #: What a release finds: set to CAPTURED to play an image made before the release came.
     captured_result: JobResult | None = None
+    #: Billing away: this many releases fail first (ServiceUnavailableError).
+    failing_releases: int = 0
+    #: Billing stalled or away for status checks: GetReservation fails after this delay.
+    status_fails_after: float | None = None
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
@@ -79,6 +83,9 @@ class FakeBilling:
         )
 
     async def release(self, job_id: str, reason: ReleaseReason, detail: str = "") -> Reservation | None:
+        if self.failing_releases:
+            self.failing_releases -= 1
+            raise ServiceUnavailableError("billing is unavailable; please try again shortly")
         self.releases.append((job_id, reason))
         held = self.reservations.get(job_id)
         if held is None:
@@ -99,6 +106,9 @@ class FakeBilling:
         return Settlement(settled, outcome)
 
     async def reservation(self, job_id: str) -> Reservation:
+        if self.status_fails_after is not None:
+            await asyncio.sleep(self.status_fails_after)
+            raise ServiceUnavailableError("billing is unavailable; please try again shortly")
         return self.reservations[job_id]
 
 
@@ -138,7 +148,9 @@ REQUEST = ImageRequest(prompt="a fox", model="m", width=1024, height=1024)
 IMAGE = JobResult(image_url="http://x/images/img_a.png", mime_type="image/png", width=1024, height=1024)
 
 
-def _generations(billing: FakeBilling, jobs: FakeJobs, job_timeout: float = 30.0) -> Generations:
+def _generations(
+    billing: FakeBilling, jobs: FakeJobs, job_timeout: float = 30.0, release_patience: float = 5.0
+) -> Generations:
     return Generations(
         billing=billing,
         bus=jobs,
@@ -146,7 +158,16 @@ def _generations(billing: FakeBilling, jobs: FakeJobs, job_timeout: float = 30.0
         job_timeout=job_timeout,
         reservation_grace=60.0,
         poll_interval=0.05,
+        release_patience=release_patience,
     )
+
+
+async def _answer_later(jobs: FakeJobs, update: JobUpdate, after: float) -> None:
+    """A generator that replies ``after`` seconds once the job is queued."""
+    while not jobs.published:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(after)
+    jobs._queues[jobs.published[0].job_id].put_nowait(update)
 
 
 async def test_an_image_is_delivered_with_its_price_and_nothing_is_released() -> None:
@@ -220,3 +241,59 @@ async def test_a_repeat_of_an_idempotent_request_is_not_queued_again() -> None:
     )
     again = await generations.generate(PRINCIPAL, REQUEST, idempotency_key="k")
     assert again.image_id == first.image_id and len(jobs.published) == 1 and billing.credits == 96
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3, 60.0])
+async def test_a_failing_or_stalled_status_check_never_ends_a_wait_whose_reply_comes(stall: float) -> None:
+    # billing restarting (fails at once), slow (fails after a while) or stalled (hangs past the reply)
+    billing, jobs = FakeBilling(status_fails_after=stall), FakeJobs()
+    replier = asyncio.ensure_future(_answer_later(jobs, IMAGE, after=0.5))
+    image = await _generations(billing, jobs, job_timeout=5).generate(PRINCIPAL, REQUEST)
+    await replier
+    assert image.image_url == IMAGE.image_url
+    assert billing.releases == [] and jobs.cancelled == []  # nothing given up: billing captures it
+
+
+async def test_a_timeout_release_that_billing_answers_late_still_returns_the_captured_image() -> None:
+    billing, jobs = FakeBilling(captured_result=IMAGE, failing_releases=2), FakeJobs()
+    image = await _generations(billing, jobs, job_timeout=0.2).generate(PRINCIPAL, REQUEST)
+    assert image.image_url == IMAGE.image_url  # captured: the client paid for it, so it gets it
+    assert [reason for _, reason in billing.releases] == [ReleaseReason.TIMEOUT]
+
+
+async def test_a_reply_that_comes_while_billing_cannot_release_is_delivered() -> None:
+    billing, jobs = FakeBilling(failing_releases=1000, status_fails_after=0.0), FakeJobs()
+    replier = asyncio.ensure_future(_answer_later(jobs, IMAGE, after=0.4))
+    image = await _generations(billing, jobs, job_timeout=0.2).generate(PRINCIPAL, REQUEST)
+    await replier
+    assert image.image_url == IMAGE.image_url
+
+
+async def test_a_timeout_billing_never_confirms_is_not_reported_as_free() -> None:
+    billing, jobs = FakeBilling(failing_releases=1000), FakeJobs()
+    generations = _generations(billing, jobs, job_timeout=0.2, release_patience=0.3)
+    with pytest.raises(ServiceUnavailableError) as raised:
+        await generations.generate(PRINCIPAL, REQUEST)
+    job_id = jobs.published[0].job_id
+    assert "No credits were charged" not in raised.value.message
+    assert f"/api/images/{job_id}" in raised.value.message  # where the client finds out
+    assert billing.reservations[job_id].state is ReservationState.HELD
+
+
+async def test_a_repeat_that_times_out_leaves_the_first_calls_job_alone_and_says_where_to_look() -> None:
+    billing, jobs = FakeBilling(credits=100), FakeJobs()
+    job_id = idempotent_job_id(PRINCIPAL.account_id, "k")
+    billing.reservations[job_id] = Reservation(  # held by a first call, on a gateway that died
+        job_id=job_id,
+        account_id=PRINCIPAL.account_id,
+        amount=4,
+        state=ReservationState.HELD,
+        create_time=datetime.now(UTC),
+        expire_time=datetime.now(UTC) + timedelta(seconds=60.2),
+        request_fingerprint=REQUEST.fingerprint(),
+    )
+    with pytest.raises(GenerationTimeoutError) as raised:
+        await _generations(billing, jobs).generate(PRINCIPAL, REQUEST, idempotency_key="k")
+    assert "No credits were charged" not in raised.value.message  # the first call's job may finish
+    assert f"/api/images/{job_id}" in raised.value.message
+    assert billing.releases == [] and jobs.cancelled == [] and jobs.published == []

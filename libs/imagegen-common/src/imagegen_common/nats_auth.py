@@ -104,7 +104,7 @@ ROLES: Mapping[Role, Permissions] = {
             *_kv_read(n.GENERATORS_BUCKET),
             *_OBJECT_WRITE,  # binds to (or creates) the bucket at start; then only reads
         ),
-        subscribe=(*_EVERYONE_SUBSCRIBE, f"{n.REPLY_PREFIX}.>"),
+        subscribe=(*_EVERYONE_SUBSCRIBE, f"{n.REPLY_PREFIX}.>", n.REVOCATIONS_SUBJECT),
     ),
     Role.GENERATOR: Permissions(
         publish=(
@@ -127,6 +127,7 @@ ROLES: Mapping[Role, Permissions] = {
             *_EVERYONE_PUBLISH,
             *_stream_admin(n.EVENTS_STREAM),
             *_pull_consumer(n.EVENTS_STREAM, n.BILLING_SETTLEMENT_CONSUMER),
+            n.REVOCATIONS_SUBJECT,  # only billing, which owns tokens, may tell gateways to drop one
         ),
         subscribe=_EVERYONE_SUBSCRIBE,
     ),

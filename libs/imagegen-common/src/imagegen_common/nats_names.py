@@ -53,6 +53,11 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 RATE_LIMITS_BUCKET = "imagegen_rate_limits"
 RATE_LIMIT_WINDOW = timedelta(minutes=1)
 
+#: Core NATS broadcast of credential revocations (``imagegen_common.revocations``), published by
+#: billing when a token is revoked or an account disabled: every gateway drops the credential from
+#: its auth cache at once (the cache's lifetime stays the bound when a message is missed).
+REVOCATIONS_SUBJECT = "imagegen.auth.revoked"
+
 #: Prefix of reply subjects: imagegen.replies.<gateway instance>.<job id>
 REPLY_PREFIX = "imagegen.replies"
 

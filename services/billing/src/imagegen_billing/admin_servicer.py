@@ -13,7 +13,9 @@ from imagegen.admin.v1 import admin_service_pb2_grpc
 from imagegen_billing import convert
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.revocations import RevocationPublisher
 from imagegen_billing.webhooks import Webhooks
+from imagegen_common.revocations import Revocation
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
     Context = grpc.aio.ServicerContext[object, object]
@@ -22,10 +24,17 @@ log = logging.getLogger(__name__)
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
-    def __init__(self, accounts: Accounts, ledger: Ledger, webhooks: Webhooks) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        ledger: Ledger,
+        webhooks: Webhooks,
+        revocations: RevocationPublisher | None = None,
+    ) -> None:
         self.accounts = accounts
         self.ledger = ledger
         self.webhooks = webhooks
+        self.revocations = revocations
 
     async def CreateAccount(
         self, request: pb.CreateAccountRequest, context: Context
@@ -64,6 +73,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:
         token = await self.accounts.revoke_token(request.token_id)
         log.info("token revoked", extra={"account_id": token.account_id, "token_id": token.id})
+        if self.revocations is not None:  # every gateway drops it now, not when its cache expires
+            await self.revocations.publish(Revocation(account_id=token.account_id, token_id=token.id))
         return pb.RevokeTokenResponse(token=convert.api_token(token))
 
     async def GrantCredits(

@@ -25,6 +25,8 @@ from imagegen_billing.domain import NotFoundError
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.people import PermissionDeniedError, PortalAccount, RateLimitedError, Role, Session
 from imagegen_billing.portal import Portal
+from imagegen_billing.revocations import RevocationPublisher
+from imagegen_common.revocations import Revocation
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
     Context = grpc.aio.ServicerContext[object, object]
@@ -74,11 +76,24 @@ def _portal_errors(
 
 
 class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
-    def __init__(self, portal: Portal, accounts: Accounts, ledger: Ledger, admin_token: str) -> None:
+    def __init__(
+        self,
+        portal: Portal,
+        accounts: Accounts,
+        ledger: Ledger,
+        admin_token: str,
+        revocations: RevocationPublisher | None = None,
+    ) -> None:
         self.portal = portal
         self.accounts = accounts
         self.ledger = ledger
         self._operator = f"Bearer {admin_token}".encode()
+        self.revocations = revocations
+
+    async def _revoked(self, revocation: Revocation) -> None:
+        """Every gateway drops the credential now, not when its auth cache expires."""
+        if self.revocations is not None:
+            await self.revocations.publish(revocation)
 
     async def _require_operator(self, context: Context) -> None:
         for key, value in context.invocation_metadata() or ():
@@ -140,6 +155,7 @@ class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.RevokeTokenResponse:
         session = await self.portal.session(request.session_token)
         token = await self.portal.revoke_own_token(session.account.account.id, request.token_id)
+        await self._revoked(Revocation(account_id=token.account_id, token_id=token.id))
         log.info(
             "token revoked", extra={"account_id": token.account_id, "token_id": token.id, "by": "portal"}
         )
@@ -219,6 +235,7 @@ class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
     ) -> pb.AdminRevokeTokenResponse:
         session = await self.portal.admin_session(request.session_token)
         token = await self.accounts.revoke_token(request.token_id)
+        await self._revoked(Revocation(account_id=token.account_id, token_id=token.id))
         log.info(
             "token revoked",
             extra={"account_id": token.account_id, "token_id": token.id, "by": session.account.account.id},
@@ -231,6 +248,8 @@ class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
     ) -> pb.AdminSetAccountDisabledResponse:
         session = await self.portal.admin_session(request.session_token)
         account = await self.portal.set_disabled(request.account, request.disabled)
+        if request.disabled:  # all of the account's tokens, on every gateway
+            await self._revoked(Revocation(account_id=account.account.id))
         log.info(
             "account disabled" if request.disabled else "account enabled",
             extra={"account_id": account.account.id, "by": session.account.account.id},
@@ -263,7 +282,11 @@ class PortalServicer(portal_service_pb2_grpc.PortalServiceServicer):
 
 
 def make_portal_servicer(
-    settings: BillingSettings, db: Database, accounts: Accounts, ledger: Ledger
+    settings: BillingSettings,
+    db: Database,
+    accounts: Accounts,
+    ledger: Ledger,
+    revocations: RevocationPublisher | None = None,
 ) -> PortalServicer:
     """The portal's servicer on billing's database, configured from billing's settings."""
     portal = Portal(
@@ -275,4 +298,4 @@ def make_portal_servicer(
         rate_per_email=settings.signin_rate_per_email,
         rate_per_address=settings.signin_rate_per_address,
     )
-    return PortalServicer(portal, accounts, ledger, settings.admin_token.get_secret_value())
+    return PortalServicer(portal, accounts, ledger, settings.admin_token.get_secret_value(), revocations)

@@ -26,6 +26,7 @@ from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterce
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
 from imagegen_billing.reaper import run_reaper
+from imagegen_billing.revocations import RevocationPublisher
 from imagegen_billing.servicer import BillingServicer
 from imagegen_billing.settlement import SettlementConsumer
 from imagegen_billing.webhooks import Webhooks
@@ -68,6 +69,9 @@ class BillingServer:
             if settings.billing_settlement_enabled
             else None
         )
+        self.revocations = RevocationPublisher(
+            lambda: self.settlement.connection if self.settlement is not None else None
+        )
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,10 +93,10 @@ class BillingServer:
             BillingServicer(self.accounts, self.ledger, catalog, self.webhooks), server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.accounts, self.ledger, self.webhooks), server
+            AdminServicer(self.accounts, self.ledger, self.webhooks, self.revocations), server
         )
         portal_service_pb2_grpc.add_PortalServiceServicer_to_server(  # portal
-            make_portal_servicer(self.settings, self.db, self.accounts, self.ledger), server
+            make_portal_servicer(self.settings, self.db, self.accounts, self.ledger, self.revocations), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

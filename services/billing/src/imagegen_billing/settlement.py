@@ -126,6 +126,11 @@ class SettlementConsumer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._puller: SlotPuller | None = None
 
+    @property
+    def connection(self) -> Client | None:
+        """Billing's NATS connection (None until connected); revocations are broadcast on it."""
+        return self._connection
+
     @tracing.consuming("billing.settlement")  # continues the trace of the job the event is about
     async def _on_message(self, msg: Msg) -> None:
         subject = msg.subject

@@ -64,6 +64,8 @@ _SERVICE_CONFIG = json.dumps(
     }
 )
 UNAVAILABLE_MESSAGE = "billing is unavailable; please try again shortly"
+#: First and longest pause between attempts to reach billing again, in milliseconds.
+RECONNECT_BACKOFF_MS = (250, 2000)
 #: Field names of billing's requests as the gateway's callers know them (a BadRequest's violations).
 _FIELDS = {"page_token": "cursor"}
 
@@ -119,7 +121,15 @@ class BillingClient:
         self.timeout = timeout
         self.channel = grpc.aio.insecure_channel(
             address,
-            options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
+            options=[
+                ("grpc.service_config", _SERVICE_CONFIG),
+                ("grpc.enable_retries", 1),
+                # gRPC's reconnect backoff grows to 120 s by default: after a billing outage of half
+                # a minute the gateway would refuse calls for another half minute with billing back.
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+            ],
         )
         self.stub = billing_service_pb2_grpc.BillingServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)

@@ -168,6 +168,7 @@ class Generations:
         job_timeout: float,
         reservation_grace: float,
         poll_interval: float,
+        release_patience: float = 30.0,
     ) -> None:
         self.billing = billing
         self.bus = bus
@@ -175,6 +176,9 @@ class Generations:
         self.job_timeout = timedelta(seconds=job_timeout)
         self.reservation_grace = timedelta(seconds=reservation_grace)
         self.poll_interval = poll_interval
+        #: How long a wait that ran out keeps asking billing to release (and listening for a late
+        #: reply) before it gives up without knowing whether the image was charged.
+        self.release_patience = release_patience
         self._settling: set[asyncio.Task[object]] = set()
 
     async def submit(
@@ -311,10 +315,16 @@ class Generations:
                     result = await self._wait(submission, updates, on_progress)
                 GENERATION_WAIT.labels(frontend=frontend).observe(time.perf_counter() - started)
             except GenerationTimeoutError:
-                made_anyway = await self._abandon(job_id, ReleaseReason.TIMEOUT) if submission.owned else None
-                if made_anyway is None:
+                if not submission.owned:  # the first call's job: not ours to cancel; it may still finish
+                    raise GenerationTimeoutError(
+                        f"the image was not ready within {self.job_timeout.total_seconds():.0f} seconds; "
+                        f"it is still being made: repeat the call with the same idempotency_key, or see "
+                        f"GET /api/images/{job_id}"
+                    ) from None
+                late = await self._give_up(job_id, updates)
+                if late is None:
                     raise self._timed_out() from None
-                result = made_anyway
+                result = late
             except BaseException:  # the client went away (cancellation) or we failed: free the credits
                 if submission.owned:
                     await self._in_background(self._abandon(job_id, ReleaseReason.CANCELLED))
@@ -395,22 +405,83 @@ class Generations:
         stage = "queued"
         if on_progress:
             await on_progress(stage, 0.0)
+        # The reply and billing's status are awaited side by side: a status check that hangs (a
+        # stalled database) or fails (billing restarting) never keeps the reply unread, and never
+        # ends the wait. The status is a fallback, best-effort; the deadline alone ends a wait.
+        reply: asyncio.Future[JobUpdate] | None = None
+        status: asyncio.Future[Reservation | None] | None = None
+        try:
+            while True:
+                remaining = (submission.deadline - datetime.now(UTC)).total_seconds()
+                if remaining <= 0:
+                    raise GenerationTimeoutError("deadline passed")
+                reply = reply or asyncio.ensure_future(updates.get())
+                pending: set[asyncio.Future[Any]] = {reply} if status is None else {reply, status}
+                done, _ = await asyncio.wait(
+                    pending, timeout=min(self.poll_interval, remaining), return_when=asyncio.FIRST_COMPLETED
+                )
+                if reply in done:
+                    update, reply = reply.result(), None
+                    if isinstance(update, JobResult):
+                        return update
+                    stage = update.stage or stage
+                elif status is not None and status in done:
+                    reservation, status = status.result(), None
+                    if reservation is not None and reservation.state is not ReservationState.HELD:
+                        return self._settled_result(reservation)
+                elif status is None:
+                    status = asyncio.ensure_future(self._status(submission.job_id))
+                if on_progress:
+                    await on_progress(stage, time.monotonic() - started)
+        finally:
+            _stop_waiting(updates, reply, status)
+
+    async def _status(self, job_id: str) -> Reservation | None:
+        """Billing's record of a job, or None when billing cannot say now (the wait goes on)."""
+        try:
+            return await self.billing.reservation(job_id)
+        except GatewayError as error:
+            log.warning(
+                "job status unavailable; still waiting", extra={"job_id": job_id, "error": str(error)}
+            )
+            return None
+
+    async def _give_up(self, job_id: str, updates: asyncio.Queue[JobUpdate]) -> JobResult | None:
+        """Ends a wait that ran out, decided by billing's answer to the release: returns the result
+        if the job was settled anyway (an image made just in time was captured: the client paid for
+        it and gets it), None only once billing confirmed that nothing is charged.
+
+        While billing cannot answer, a reply that still comes is taken instead (an image: billing
+        captures it from its outcome event; a failure: billing releases it). If billing stays away
+        longer than ``release_patience``, the client is told that the outcome is not known yet and
+        where to look it up, never that nothing was charged.
+        """
+        try:
+            await self.bus.cancel(job_id, ReleaseReason.TIMEOUT)
+        except (nats.errors.Error, TimeoutError):
+            log.warning("could not publish a job cancellation", extra={"job_id": job_id})
+        give_up_at = time.monotonic() + self.release_patience
+        delay = min(0.5, self.poll_interval)
         while True:
-            remaining = (submission.deadline - datetime.now(UTC)).total_seconds()
-            if remaining <= 0:
-                raise GenerationTimeoutError("deadline passed")
             try:
-                update = await asyncio.wait_for(updates.get(), timeout=min(self.poll_interval, remaining))
-            except TimeoutError:
-                reservation = await self.billing.reservation(submission.job_id)
-                if reservation.state is not ReservationState.HELD:
-                    return self._settled_result(reservation)
+                reservation = await self.billing.release(job_id, ReleaseReason.TIMEOUT)
+            except GatewayError as error:
+                log.warning("release not confirmed; retrying", extra={"job_id": job_id, "error": str(error)})
             else:
+                if reservation is None or reservation.state is not ReservationState.CAPTURED:
+                    return None  # billing confirmed: nothing is charged
+                return self._settled_result(reservation)
+            left = give_up_at - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailableError(
+                    f"the image was not ready in time and billing could not confirm its cancellation; "
+                    f"you are charged only if it was made: see GET /api/images/{job_id}"
+                )
+            with contextlib.suppress(TimeoutError):
+                update = await asyncio.wait_for(updates.get(), timeout=min(delay, left))
                 if isinstance(update, JobResult):
                     return update
-                stage = update.stage or stage
-            if on_progress:
-                await on_progress(stage, time.monotonic() - started)
+            delay = min(delay * 2, 5.0)
 
     @staticmethod
     def _settled_result(reservation: Reservation) -> JobResult:
@@ -420,3 +491,15 @@ class Generations:
             return result
         why = _RELEASE_WORDS.get(reservation.release_reason, "the job did not finish")
         return JobResult(error=ErrorCode.UNSPECIFIED, error_message=f"The image was not generated ({why}).")
+
+
+def _stop_waiting(
+    updates: asyncio.Queue[JobUpdate],
+    reply: asyncio.Future[JobUpdate] | None,
+    status: asyncio.Future[Reservation | None] | None,
+) -> None:
+    if reply is not None and reply.done() and not reply.cancelled():
+        updates.put_nowait(reply.result())  # taken off the queue but not read: keep it there
+    for task in (reply, status):
+        if task is not None:
+            task.cancel()

@@ -14,7 +14,7 @@ from imagegen_common.images import ImageStore, open_image_store
 from imagegen_common.jetstream import ensure_key_value
 from imagegen_common.messaging import connect
 from imagegen_common.safe_fetch import FetchPolicy, SafeFetcher
-from imagegen_gateway.authentication import Authenticator
+from imagegen_gateway.authentication import Authenticator, listen_for_revocations
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.catalog import ModelCatalog
 from imagegen_gateway.config import GatewaySettings
@@ -72,6 +72,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         catalog = ModelCatalog(billing)
         generators = GeneratorRegistry(nc.jetstream(), settings.nats_stream_replicas)
         authenticator = Authenticator(billing, settings.auth_cache_seconds)
+        await listen_for_revocations(nc, authenticator)  # ends with the connection's drain
         generations = Generations(
             billing=billing,
             bus=bus,

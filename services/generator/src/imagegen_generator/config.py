@@ -34,7 +34,9 @@ class GeneratorSettings(
     )
     generator_concurrency: int = Field(4, ge=1, le=256, description="Jobs one replica runs at the same time.")
     generator_ack_wait_seconds: float = Field(
-        30.0,
+        # Short, so that the jobs of a replica killed mid-job go to another one soon (a job's whole
+        # deadline may be shorter than 30 s); a working replica's heartbeat keeps a long job its own.
+        10.0,
         gt=0,
         description="Seconds without a sign of life after which NATS hands a job to another replica. "
         "A working replica extends it every third of this time.",

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:
     concurrency: int = 4
-    ack_wait_seconds: float = 30.0
+    ack_wait_seconds: float = 10.0  # see GeneratorSettings.generator_ack_wait_seconds
     max_deliver: int = 3
     fetch_timeout_seconds: float = 1.0
 
