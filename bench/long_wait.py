@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from gateway import Profiler  # bench/gateway.py: this script's directory is on sys.path
+
 from imagegen_cli.dev import port_or_free
 from imagegen_cli.processes import http_ok, imagegen_command
 from imagegen_testing import postgres
@@ -230,7 +232,15 @@ async def main_async(args: argparse.Namespace, database_url: str) -> None:
             account = stack.create_account(credits=args.calls * 100)
             processes = processes_of(stack)
             before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-            ours = await through_imagegen(urls, account.token, args.calls, args.size, args.delay * 3 + 120)
+            recording = (
+                Profiler(args.py_spy or "py-spy", Path(args.profile)).recording(stack, "long-wait")
+                if args.profile
+                else contextlib.nullcontext()
+            )
+            with recording:
+                ours = await through_imagegen(
+                    urls, account.token, args.calls, args.size, args.delay * 3 + 120
+                )
             cpu = {name: cpu_seconds(pid) - before[name] for name, pid in processes.items()}
             stack.wait_for(
                 lambda: held_credits(stack, account.account_id) == 0, timeout=120, what="holds settled"
@@ -258,6 +268,8 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    parser.add_argument("--profile", metavar="DIR", help="record py-spy on every service process here")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: from the PATH)")
     args = parser.parse_args()
     with billing_database(args.database) as database_url:
         asyncio.run(main_async(args, database_url))
