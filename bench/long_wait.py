@@ -120,7 +120,7 @@ def _error_kind(body: dict[str, Any]) -> str | None:
         text = " ".join(c.get("text", "") for c in result.get("content", []))
         for kind in ("unavailable", "timeout", "insufficient", "failed"):
             if kind in text.lower():
-                return f"tool error: {kind}"
+                return f"tool error: {kind}: {text[:80]}"
         return "tool error: other"
     return None
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagegen_billing.accounts import Accounts
@@ -175,3 +177,23 @@ async def test_a_closed_group_refuses_new_units(db: Database) -> None:
     await group.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await group.run(_noop)
+
+
+async def test_a_burst_with_one_fresh_token_writes_its_last_use_once(
+    db: Database, accounts_repo: Accounts
+) -> None:
+    _, token, _ = await accounts_repo.create("ada@example.test", 10)
+    touches: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE API_TOKENS"):
+            touches.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        # What 50 concurrent authentications that all read the token as never used do.
+        at = datetime.now(UTC)
+        await asyncio.gather(*(accounts_repo._touch(token.id, at) for _ in range(50)))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert len(touches) == 1
