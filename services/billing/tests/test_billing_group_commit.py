@@ -197,3 +197,47 @@ async def test_a_burst_with_one_fresh_token_writes_its_last_use_once(
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     assert len(touches) == 1
+
+
+async def test_grouped_batches_run_as_a_few_statements_with_each_callers_answer(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    first, _, _ = await accounts_repo.create("ada@example.test", 20)
+    second, _, _ = await accounts_repo.create("bob@example.test", 5)
+    await ledger.reserve_batch([ReserveRequest(first.id, "img_old", 3)])  # 17 left
+    updates: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ACCOUNTS"):
+            updates.append(statement)
+
+    calls = [
+        [ReserveRequest(first.id, f"img_a{n}", 2) for n in range(2)],  # 13 left
+        [ReserveRequest(first.id, "img_old", 3)],  # a repeat: nothing taken
+        [ReserveRequest(first.id, "img_old", 4)],  # the id holds another amount
+        [ReserveRequest(second.id, "img_b", 4)],  # 1 left
+        [ReserveRequest(second.id, "img_c", 4)],  # short: the call before took it
+        [ReserveRequest("acc_nobody", "img_x", 1)],
+        *([ReserveRequest(first.id, f"img_f{n}", 1)] for n in range(13)),  # exactly the 13 left
+        [ReserveRequest(first.id, "img_over", 1)],
+    ]
+    before = ledger.group.transactions
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        results = await asyncio.gather(*(ledger.reserve_batch(c) for c in calls), return_exceptions=True)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert ledger.group.transactions - before == 1
+    assert len(updates) == 2  # one per account that paid, not one per call
+    two, repeat, reused, fits, short, orphan, *ones, over = results
+    assert not isinstance(two, BaseException) and two.credits == 13 and len(two.created) == 2
+    assert not isinstance(repeat, BaseException) and not repeat.created
+    assert isinstance(reused, JobIdReusedError)
+    assert not isinstance(fits, BaseException) and fits.credits == 1
+    assert isinstance(short, InsufficientCreditsError)
+    assert isinstance(orphan, AccountNotFoundError)
+    assert all(not isinstance(one, BaseException) for one in ones)
+    assert isinstance(over, InsufficientCreditsError)
+    assert (await accounts_repo.get(first.id)).credits == 0
+    assert (await accounts_repo.get(second.id)).credits == 1
+    await check_consistent(db)

@@ -31,7 +31,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -47,15 +47,27 @@ Work = Callable[[AsyncConnection], Awaitable[T]]
 #: A compensation for a committed unit whose caller is gone: given the unit's result.
 Abandoned = Callable[[T], Work[Any] | None]
 
+
+class Batch(Protocol):
+    """Units of one kind that run together, as a few set-based statements instead of the same few
+    statements per unit. ``run`` answers each item in order (its result, or the BillingError that
+    refuses it) as if they had run one after the other; it must refuse before it writes."""
+
+    async def run(self, conn: AsyncConnection, items: list[Any]) -> list[tuple[Any, BillingError | None]]: ...
+
+
 #: Most units in one transaction: keeps one transaction's locks and its rollback bounded.
 DEFAULT_MAX_GROUP = 512
 
 
 @dataclass(slots=True)
 class _Unit(Generic[T]):
-    work: Work[T]
+    work: Work[T] | None
     future: asyncio.Future[T]
     abandoned: Abandoned[T] | None
+    #: A unit that runs with its neighbours of the same batch (then ``work`` is None).
+    batch: Batch | None = None
+    item: Any = None
 
 
 class GroupCommit:
@@ -87,6 +99,14 @@ class GroupCommit:
         if self._closed:
             raise RuntimeError("the ledger is closed")
         unit: _Unit[T] = _Unit(work, asyncio.get_running_loop().create_future(), abandoned)
+        self._enqueue(unit)
+        return await unit.future
+
+    async def run_batched(self, batch: Batch, item: Any, abandoned: Abandoned[T] | None = None) -> T:
+        """Like ``run``, for a unit that consecutive units of the same ``batch`` run together with."""
+        if self._closed:
+            raise RuntimeError("the ledger is closed")
+        unit: _Unit[T] = _Unit(None, asyncio.get_running_loop().create_future(), abandoned, batch, item)
         self._enqueue(unit)
         return await unit.future
 
@@ -123,14 +143,9 @@ class GroupCommit:
                 await self._commit(group)
 
     async def _commit(self, group: list[_Unit[Any]]) -> None:
-        answers: list[tuple[_Unit[Any], Any, BaseException | None]] = []
         try:
             async with self._db.write() as conn:
-                for unit in group:
-                    try:
-                        answers.append((unit, await unit.work(conn), None))
-                    except BillingError as refused:  # refused before writing: the others go on
-                        answers.append((unit, None, refused))
+                answers = await _run_units(conn, group)
         except asyncio.CancelledError:
             for unit in group:  # closing: the transaction was rolled back
                 if not unit.future.done():
@@ -168,6 +183,32 @@ class GroupCommit:
         future.add_done_callback(report)
         self._queue.append(_Unit(work, future, None))
         self._arrived.set()
+
+
+async def _run_units(
+    conn: AsyncConnection, group: list[_Unit[Any]]
+) -> list[tuple[_Unit[Any], Any, BillingError | None]]:
+    """Runs a group's units in order on its transaction; consecutive units of one batch together."""
+    answers: list[tuple[_Unit[Any], Any, BillingError | None]] = []
+    index = 0
+    while index < len(group):
+        unit = group[index]
+        if unit.batch is not None:
+            end = index + 1
+            while end < len(group) and group[end].batch is unit.batch:
+                end += 1
+            run = group[index:end]
+            results = await unit.batch.run(conn, [u.item for u in run])
+            answers.extend((u, result, refused) for u, (result, refused) in zip(run, results, strict=True))
+            index = end
+            continue
+        assert unit.work is not None
+        try:
+            answers.append((unit, await unit.work(conn), None))
+        except BillingError as refused:  # refused before writing: the others go on
+            answers.append((unit, None, refused))
+        index += 1
+    return answers
 
 
 def _answer(unit: _Unit[Any], result: Any, error: BaseException | None) -> None:

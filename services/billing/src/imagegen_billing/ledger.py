@@ -29,6 +29,7 @@ from imagegen_billing.domain import (
     AccountNotFoundError,
     AlreadySettledError,
     BatchSettlement,
+    BillingError,
     EntryKind,
     InsufficientCreditsError,
     InvalidArgumentError,
@@ -115,6 +116,7 @@ class Ledger:
         self.default_ttl = default_ttl
         # Reservations and settlements: grouped into shared transactions (group_commit.py).
         self._group = GroupCommit(db)
+        self._reservations = _ReservationBatch(self)
 
     @property
     def group(self) -> GroupCommit:
@@ -171,39 +173,12 @@ class Ledger:
     async def _reserve_batch_once(
         self, account_id: str, requests: Sequence[ReserveRequest]
     ) -> BatchSettlement:
-        settled = await self._group.run(
-            partial(self._reserve_batch_in, account_id, requests), self._undo_batch
+        settled: BatchSettlement = await self._group.run_batched(
+            self._reservations, (account_id, requests), self._undo_batch
         )
         if settled.created:
             metrics.reserved(sum(r.amount for r in settled.created), count=len(settled.created))
         return settled
-
-    async def _reserve_batch_in(
-        self, account_id: str, requests: Sequence[ReserveRequest], conn: AsyncConnection
-    ) -> BatchSettlement:
-        at = now()
-        rows = await conn.execute(
-            select(reservations).where(reservations.c.job_id.in_([r.job_id for r in requests]))
-        )
-        existing = {row.job_id: to_reservation(row) for row in rows}
-        for request in requests:
-            if request.job_id in existing:
-                check_repeat(existing[request.job_id], request)
-        new = [self._new_reservation(r, at) for r in requests if r.job_id not in existing]
-        total = sum(r.amount for r in new)
-        credits = await _take(conn, account_id, total) if new else await _credits(conn, account_id)
-        if credits is None:
-            raise InsufficientCreditsError(total, await _credits(conn, account_id))
-        if new:
-            await conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in new])
-            balance = credits + total
-            entries = []
-            for reservation in new:
-                balance -= reservation.amount
-                entries.append(_reserve_entry(reservation, balance))
-            await append_entries(conn, *entries)
-        by_job = {**existing, **{r.job_id: r for r in new}}
-        return BatchSettlement([by_job[r.job_id] for r in requests], credits, created=new)
 
     def _undo_settlement(self, settled: Settlement) -> Work[Any] | None:
         """Releases the reservation a Reserve made for a caller that gave up before its answer."""
@@ -458,6 +433,87 @@ class Ledger:
             ),
             webhook=WebhookDelivery(url=webhook_url, state=WebhookState.PENDING) if webhook_url else None,
         )
+
+
+class _ReservationBatch:
+    """ReserveBatch calls that arrive together, as a handful of statements for all of them: one
+    SELECT of the job ids, one of the balances (rows locked on PostgreSQL; SQLite's writer holds
+    the database), one conditional UPDATE per account, two multi-row INSERTs. Each call is decided
+    in arrival order against the balance the calls before it left, exactly as one transaction each
+    would have; the UPDATE's ``credits >= total`` still guards the no-overdraw rule in the database.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def run(
+        self, conn: AsyncConnection, items: list[tuple[str, Sequence[ReserveRequest]]]
+    ) -> list[tuple[BatchSettlement | None, BillingError | None]]:
+        at = now()
+        job_ids = [r.job_id for _, requests in items for r in requests]
+        rows = await conn.execute(select(reservations).where(reservations.c.job_id.in_(job_ids)))
+        existing = {row.job_id: to_reservation(row) for row in rows}
+        account_ids = sorted({account_id for account_id, _ in items})  # one lock order for all
+        balances: dict[str, int] = {
+            row.id: row.credits
+            for row in await conn.execute(
+                select(accounts.c.id, accounts.c.credits)
+                .where(accounts.c.id.in_(account_ids))
+                .order_by(accounts.c.id)
+                .with_for_update()
+            )
+        }
+        answers: list[tuple[BatchSettlement | None, BillingError | None]] = []
+        taken: dict[str, int] = {}
+        new_rows: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        for account_id, requests in items:
+            try:
+                answers.append((self._decide(account_id, requests, at, existing, balances), None))
+            except BillingError as refused:
+                answers.append((None, refused))
+                continue
+            settled = answers[-1][0]
+            assert settled is not None
+            balance = settled.credits + sum(r.amount for r in settled.created)
+            for reservation in settled.created:
+                existing[reservation.job_id] = reservation
+                new_rows.append(reservation_values(reservation))
+                balance -= reservation.amount
+                entries.append(_reserve_entry(reservation, balance))
+                taken[account_id] = taken.get(account_id, 0) + reservation.amount
+        for account_id, total in taken.items():
+            credits = await _take(conn, account_id, total)
+            if credits != balances[account_id]:  # another writer moved the balance: run alone
+                raise RuntimeError("an account's balance changed under a grouped reservation")
+        if new_rows:
+            await conn.execute(_INSERT_RESERVATION, new_rows)
+            await append_entries(conn, *entries)
+        return answers
+
+    def _decide(
+        self,
+        account_id: str,
+        requests: Sequence[ReserveRequest],
+        at: datetime,
+        existing: dict[str, Reservation],
+        balances: dict[str, int],
+    ) -> BatchSettlement:
+        """One call, against the balances the calls before it left (which it updates)."""
+        for request in requests:
+            if request.job_id in existing:
+                check_repeat(existing[request.job_id], request)
+        if account_id not in balances:
+            raise AccountNotFoundError(f"no account {shown(account_id)!r}")
+        new = [self._ledger._new_reservation(r, at) for r in requests if r.job_id not in existing]
+        if len({r.job_id for r in new}) != len(new):
+            raise InvalidArgumentError("a batch names one job id twice", field="requests")
+        total = sum(r.amount for r in new)
+        if balances[account_id] < total:
+            raise InsufficientCreditsError(total, balances[account_id])
+        balances[account_id] -= total
+        by_job = {**existing, **{r.job_id: r for r in new}}
+        return BatchSettlement([by_job[r.job_id] for r in requests], balances[account_id], created=new)
 
 
 async def _take(conn: AsyncConnection, account_id: str, amount: int) -> int | None:
