@@ -121,7 +121,7 @@ def _error_kind(body: dict[str, Any]) -> str | None:
         for kind in ("unavailable", "timeout", "insufficient", "failed"):
             if kind in text.lower():
                 return f"tool error: {kind}: {text[:80]}"
-        return "tool error: other"
+        return f"tool error: other: {text[:80]}"
     return None
 
 
