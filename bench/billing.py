@@ -43,7 +43,15 @@ class Limits:
     seconds: float
 
 
-async def rate(operation: Operation, limits: Limits, concurrency: int) -> float:
+@dataclass(frozen=True)
+class Rate:
+    per_second: float
+    #: CPU of this process (its event loop and the database driver's threads) per operation: unlike
+    #: the rate it hardly moves when the machine is busy with something else.
+    cpu_ms: float
+
+
+async def rate(operation: Operation, limits: Limits, concurrency: int) -> Rate:
     """Operations per second of ``concurrency`` workers sharing one bounded budget."""
     numbers = itertools.count()
     deadline = time.perf_counter() + limits.seconds
@@ -58,9 +66,9 @@ async def rate(operation: Operation, limits: Limits, concurrency: int) -> float:
             await operation(n)
             done += 1
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    return Rate(done / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / max(done, 1))
 
 
 async def bench_database(name: str, url: str, limits: Limits, concurrencies: list[int]) -> None:
@@ -85,20 +93,45 @@ async def bench_database(name: str, url: str, limits: Limits, concurrencies: lis
         await rate(baseline, Limits(50, limits.seconds), 1)  # warm the pool and the caches
         for concurrency in concurrencies:
             # Interleaved rounds, so that a noisy neighbour slows both sides alike; medians reported.
-            bases, pairs, ratios = [], [], []
+            bases, pairs, ratios, cpu_pairs, cpu_bases = [], [], [], [], []
+            transactions, units = ledger.group.transactions, ledger.group.units
             for _ in range(ROUNDS):
                 run = next(runs)
                 base = await rate(baseline, per_round, concurrency)
                 paired = await rate(functools.partial(pair, run=run), per_round, concurrency)
-                bases.append(base)
-                pairs.append(paired)
-                ratios.append(paired / base)
+                bases.append(base.per_second)
+                pairs.append(paired.per_second)
+                ratios.append(paired.per_second / base.per_second)
+                cpu_pairs.append(paired.cpu_ms)
+                cpu_bases.append(base.cpu_ms)
+            grouped = (ledger.group.units - units) / max(ledger.group.transactions - transactions, 1)
             print(
                 f"{name:<9} concurrency {concurrency:>3}: {median(pairs):7.0f} reserve+settle pairs/s    "
-                f"baseline {median(bases):7.0f} updates/s   ratio {median(ratios):.2f}"
+                f"baseline {median(bases):7.0f} updates/s   ratio {median(ratios):.2f}\n"
+                f"{'':<25}CPU ms per pair {median(cpu_pairs):.2f}, per baseline update "
+                f"{median(cpu_bases):.2f}; {grouped:.1f} ledger writes per transaction"
             )
+            await check_no_overdraw(db, account.id)
     finally:
+        await ledger.aclose()
         await db.close()
+
+
+async def check_no_overdraw(db: Database, account_id: str) -> None:
+    """The balance equals the sum of the ledger and nothing is held: every pair was settled."""
+    async with db.read() as conn:
+        credits, held = (
+            await conn.execute(
+                text("SELECT credits, reserved_credits FROM accounts WHERE id = :id"), {"id": account_id}
+            )
+        ).one()
+        total = await conn.scalar(
+            text("SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE account_id = :id"),
+            {"id": account_id},
+        )
+    # The baseline's bare UPDATEs write no ledger entries: they are what the two differ by.
+    if held != 0 or credits > total:
+        raise SystemExit(f"inconsistent: {credits} credits, {held} held, ledger sum {total}")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ Baseline, in the same run: the same number of predictions sent straight to the f
 (``Prefer: wait``, one HTTP client): what the provider alone takes, without our path.
 
     python bench/long_wait.py [--calls 1000] [--delay 20] [--concurrency 1024] [--gateways 1]
-                              [--database sqlite|postgres] [--size 512]
+                              [--database sqlite|postgres] [--size 512] [--output-size model|requested]
+                              [--profile DIR [--py-spy PATH]]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from statistics import quantiles
 from typing import Any
 
 import httpx
+from gateway import Profiler  # bench/gateway.py: this script's directory is on sys.path
 
 from imagegen_cli.dev import port_or_free
 from imagegen_cli.processes import http_ok, imagegen_command
@@ -118,8 +120,8 @@ def _error_kind(body: dict[str, Any]) -> str | None:
         text = " ".join(c.get("text", "") for c in result.get("content", []))
         for kind in ("unavailable", "timeout", "insufficient", "failed"):
             if kind in text.lower():
-                return f"tool error: {kind}"
-        return "tool error: other"
+                return f"tool error: {kind}: {text[:80]}"
+        return f"tool error: other: {text[:80]}"
     return None
 
 
@@ -190,7 +192,7 @@ def report(
     ideal = args.delay * waves
     print(
         f"\n{args.calls} calls at once, provider {args.delay:.0f} s, 1 generator × {args.concurrency} slots, "
-        f"{args.gateways} gateway(s), {args.database}, {args.size}²"
+        f"{args.gateways} gateway(s), {args.database}, {args.size}², provider output: {args.output_size} size"
     )
     print(f"{'':28}{'ok':>7}{'errors':>8}{'wall s':>9}{'× ideal':>9}{'p50 s':>8}{'p99 s':>8}")
     for name, run in (("baseline (fake alone)", base), ("imagegen (MCP)", ours)):
@@ -208,10 +210,13 @@ def report(
 
 async def main_async(args: argparse.Namespace, database_url: str) -> None:
     with FakeReplicate() as fake, tempfile.TemporaryDirectory(prefix="imagegen-bench-") as tmp:
+        output = None if args.output_size == "model" else (args.size, args.size)
         fake.behaviour.delay_seconds = args.delay
+        fake.behaviour.output_size = output
         base = await baseline(fake, args.calls, args.size)
         fake.reset()
         fake.behaviour.delay_seconds = args.delay
+        fake.behaviour.output_size = output
         env = {"IMAGEGEN_DATABASE_URL": database_url} if database_url else {}
         env["IMAGEGEN_JOB_TIMEOUT_SECONDS"] = str(int(args.delay * 3 + 60))
         generator_env = fake.generator_env(IMAGEGEN_GENERATOR_CONCURRENCY=str(args.concurrency))
@@ -230,7 +235,15 @@ async def main_async(args: argparse.Namespace, database_url: str) -> None:
             account = stack.create_account(credits=args.calls * 100)
             processes = processes_of(stack)
             before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-            ours = await through_imagegen(urls, account.token, args.calls, args.size, args.delay * 3 + 120)
+            recording = (
+                Profiler(args.py_spy or "py-spy", Path(args.profile)).recording(stack, "long-wait")
+                if args.profile
+                else contextlib.nullcontext()
+            )
+            with recording:
+                ours = await through_imagegen(
+                    urls, account.token, args.calls, args.size, args.delay * 3 + 120
+                )
             cpu = {name: cpu_seconds(pid) - before[name] for name, pid in processes.items()}
             stack.wait_for(
                 lambda: held_credits(stack, account.account_id) == 0, timeout=120, what="holds settled"
@@ -257,7 +270,16 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument(
+        "--output-size",
+        choices=["model", "requested"],
+        default="model",
+        help="the fake's images: the model's own size (1024 on the long side, which the generator "
+        "resizes: about 35 ms of CPU each) or the requested size (kept byte for byte)",
+    )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    parser.add_argument("--profile", metavar="DIR", help="record py-spy on every service process here")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy executable (default: from the PATH)")
     args = parser.parse_args()
     with billing_database(args.database) as database_url:
         asyncio.run(main_async(args, database_url))

@@ -60,8 +60,10 @@ def accounts_repo(db: Database) -> Accounts:
 
 
 @pytest.fixture
-def ledger(db: Database) -> Ledger:
-    return Ledger(db)
+async def ledger(db: Database) -> AsyncIterator[Ledger]:
+    ledger = Ledger(db)
+    yield ledger
+    await ledger.aclose()
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ class Accounts:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._touching: set[str] = set()
 
     async def create(self, email: str, credits: int, token_label: str = "") -> tuple[Account, ApiToken, str]:
         """A new account with ``credits`` granted and its first token; returns the token's secret too."""
@@ -162,6 +163,16 @@ class Accounts:
         return to_account(row), row.token_id
 
     async def _touch(self, token_id: str, at: datetime) -> None:
+        # A burst of calls with one fresh token would otherwise queue one write each for one timestamp.
+        if token_id in self._touching:
+            return
+        self._touching.add(token_id)
+        try:
+            await self._touch_once(token_id, at)
+        finally:
+            self._touching.discard(token_id)
+
+    async def _touch_once(self, token_id: str, at: datetime) -> None:
         cutoff = now() - LAST_USED_RESOLUTION
         async with self.db.write() as conn:
             await conn.execute(

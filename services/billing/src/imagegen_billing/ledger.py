@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +29,7 @@ from imagegen_billing.domain import (
     AccountNotFoundError,
     AlreadySettledError,
     BatchSettlement,
+    BillingError,
     EntryKind,
     InsufficientCreditsError,
     InvalidArgumentError,
@@ -56,6 +59,7 @@ from imagegen_billing.domain import (
     settle_target,
     shown,
 )
+from imagegen_billing.group_commit import GroupCommit, Work
 from imagegen_billing.models import accounts, ledger_entries, reservations
 from imagegen_billing.store import (
     ACCOUNT_COLUMNS,
@@ -101,6 +105,8 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 #: A batch that races with another call on the same job ids is retried this many times.
 _BATCH_ATTEMPTS = 3
+#: Detail of a reservation released because its caller gave up before billing answered.
+_ABANDONED = "the reservation request ended before billing answered"
 
 
 class Ledger:
@@ -109,6 +115,18 @@ class Ledger:
     def __init__(self, db: Database, default_ttl: timedelta = timedelta(minutes=15)) -> None:
         self.db = db
         self.default_ttl = default_ttl
+        # Reservations and settlements: grouped into shared transactions (group_commit.py).
+        self._group = GroupCommit(db)
+        self._reservations = _ReservationBatch(self)
+
+    @property
+    def group(self) -> GroupCommit:
+        """The group commit of the ledger's writes (its counters tell how well it groups)."""
+        return self._group
+
+    async def aclose(self) -> None:
+        """Stops the group commit loop; call before closing the database."""
+        await self._group.aclose()
 
     async def reserve(self, request: ReserveRequest) -> Settlement:
         """Holds ``request.amount`` credits for a job.
@@ -118,13 +136,17 @@ class Ledger:
         """
         check_reserve_request(request)
         reservation = self._new_reservation(request, now())
+
+        async def work(conn: AsyncConnection) -> Settlement:
+            credits = await _take(conn, request.account_id, request.amount)
+            if credits is None:
+                return await _repeat_or_refuse(conn, request)
+            await conn.execute(_INSERT_RESERVATION, reservation_values(reservation))
+            await append_entries(conn, _reserve_entry(reservation, credits))
+            return Settlement(reservation, credits, changed=True)
+
         try:
-            async with self.db.write() as conn:
-                credits = await _take(conn, request.account_id, request.amount)
-                if credits is None:
-                    return await _repeat_or_refuse(conn, request)
-                await conn.execute(_INSERT_RESERVATION, reservation_values(reservation))
-                await append_entries(conn, _reserve_entry(reservation, credits))
+            settled = await self._group.run(work, self._undo_settlement)
         except IntegrityError:
             # The job id has a reservation already (made by an earlier call, or one running right now).
             async with self.db.read() as conn:
@@ -133,8 +155,9 @@ class Ledger:
                     raise
                 check_repeat(existing, request)
                 return Settlement(existing, await _credits(conn, request.account_id), changed=False)
-        metrics.reserved(request.amount)
-        return Settlement(reservation, credits, changed=True)
+        if settled.changed:
+            metrics.reserved(request.amount)
+        return settled
 
     async def reserve_batch(self, requests: Sequence[ReserveRequest]) -> BatchSettlement:
         """Holds credits for several jobs of one account: all of them or none.
@@ -151,32 +174,38 @@ class Ledger:
     async def _reserve_batch_once(
         self, account_id: str, requests: Sequence[ReserveRequest]
     ) -> BatchSettlement:
-        at = now()
-        async with self.db.write() as conn:
-            rows = await conn.execute(
-                select(reservations).where(reservations.c.job_id.in_([r.job_id for r in requests]))
-            )
-            existing = {row.job_id: to_reservation(row) for row in rows}
-            for request in requests:
-                if request.job_id in existing:
-                    check_repeat(existing[request.job_id], request)
-            new = [self._new_reservation(r, at) for r in requests if r.job_id not in existing]
-            total = sum(r.amount for r in new)
-            credits = await _take(conn, account_id, total) if new else await _credits(conn, account_id)
-            if credits is None:
-                raise InsufficientCreditsError(total, await _credits(conn, account_id))
-            if new:
-                await conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in new])
-                balance = credits + total
-                entries = []
-                for reservation in new:
-                    balance -= reservation.amount
-                    entries.append(_reserve_entry(reservation, balance))
-                await append_entries(conn, *entries)
-        if new:
-            metrics.reserved(total, count=len(new))
-        by_job = {**existing, **{r.job_id: r for r in new}}
-        return BatchSettlement([by_job[r.job_id] for r in requests], credits, created=new)
+        settled: BatchSettlement = await self._group.run_batched(
+            self._reservations, (account_id, requests), self._undo_batch
+        )
+        if settled.created:
+            metrics.reserved(sum(r.amount for r in settled.created), count=len(settled.created))
+        return settled
+
+    def _undo_settlement(self, settled: Settlement) -> Work[Any] | None:
+        """Releases the reservation a Reserve made for a caller that gave up before its answer."""
+        if not settled.changed:
+            return None
+        return self._undo([settled.reservation.job_id])
+
+    def _undo_batch(self, settled: BatchSettlement) -> Work[Any] | None:
+        """Releases the reservations a ReserveBatch made for a caller that gave up before its answer."""
+        return self._undo([r.job_id for r in settled.created]) if settled.created else None
+
+    def _undo(self, job_ids: list[str]) -> Work[Any]:
+        async def release_all(conn: AsyncConnection) -> None:
+            for job_id in job_ids:
+                settled = await self._settle_in(
+                    conn,
+                    job_id=job_id,
+                    target=ReservationState.RELEASED,
+                    reason=ReleaseReason.TIMEOUT,
+                    detail=_ABANDONED,
+                    result=None,
+                )
+                if settled.outcome is SettleOutcome.RELEASED and settled.reservation is not None:
+                    metrics.released(settled.reservation.amount, ReleaseReason.TIMEOUT)
+
+        return release_all
 
     async def settle(self, job_id: str, result: JobResult) -> JobSettlement:
         """Settles a job from its result, the one way an outcome reaches the credits: an image captures
@@ -232,6 +261,29 @@ class Ledger:
         result: JobResult | None,
     ) -> JobSettlement:
         check_job_id(job_id)
+        settled = await self._group.run(
+            partial(
+                self._settle_in, job_id=job_id, target=target, reason=reason, detail=detail, result=result
+            )
+        )
+        if settled.outcome in (SettleOutcome.CAPTURED, SettleOutcome.RELEASED):
+            assert settled.reservation is not None
+            if reason is not None:
+                metrics.released(settled.reservation.amount, reason)
+            else:
+                metrics.captured(settled.reservation.amount)
+        return settled
+
+    async def _settle_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        job_id: str,
+        target: ReservationState,
+        reason: ReleaseReason | None,
+        detail: str,
+        result: JobResult | None,
+    ) -> JobSettlement:
         at = now()
         values: dict[str, object] = {
             "state": target.value,
@@ -241,31 +293,26 @@ class Ledger:
         }
         if result is not None:
             values.update(result_values(clip_result(result)))
-        async with self.db.write() as conn:
-            row = (await conn.execute(_SETTLE_RESERVATION, {"b_job": job_id, **values})).first()
-            if row is None:
-                existing = await _reservation(conn, job_id)
-                if existing is None:
-                    return JobSettlement(SettleOutcome.UNKNOWN_JOB, None, 0)
-                outcome = settle_outcome(existing.state, target)
-                return JobSettlement(outcome, existing, await _credits(conn, existing.account_id))
-            reservation = to_reservation(row)
-            returned = reservation.amount if target is ReservationState.RELEASED else 0
-            credits = await conn.scalar(
-                _SETTLE_ACCOUNT,
-                {"b_account": reservation.account_id, "b_returned": returned, "b_amount": reservation.amount},
-            )
-            assert credits is not None  # the foreign key keeps the account
-            kind = EntryKind.RELEASE if target is ReservationState.RELEASED else EntryKind.CAPTURE
-            note = reason.value if reason is not None else ""
-            await append_entries(
-                conn,
-                entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=note),
-            )
-        if reason is not None:
-            metrics.released(reservation.amount, reason)
-        else:
-            metrics.captured(reservation.amount)
+        row = (await conn.execute(_SETTLE_RESERVATION, {"b_job": job_id, **values})).first()
+        if row is None:
+            existing = await _reservation(conn, job_id)
+            if existing is None:
+                return JobSettlement(SettleOutcome.UNKNOWN_JOB, None, 0)
+            outcome = settle_outcome(existing.state, target)
+            return JobSettlement(outcome, existing, await _credits(conn, existing.account_id))
+        reservation = to_reservation(row)
+        returned = reservation.amount if target is ReservationState.RELEASED else 0
+        credits = await conn.scalar(
+            _SETTLE_ACCOUNT,
+            {"b_account": reservation.account_id, "b_returned": returned, "b_amount": reservation.amount},
+        )
+        assert credits is not None  # the foreign key keeps the account
+        kind = EntryKind.RELEASE if target is ReservationState.RELEASED else EntryKind.CAPTURE
+        note = reason.value if reason is not None else ""
+        await append_entries(
+            conn,
+            entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=note),
+        )
         return JobSettlement(settle_outcome(ReservationState.HELD, target), reservation, credits)
 
     async def grant(self, alias: str, amount: int, note: str = "") -> tuple[Account, LedgerEntry]:
@@ -390,6 +437,87 @@ class Ledger:
             ),
             webhook=WebhookDelivery(url=webhook_url, state=WebhookState.PENDING) if webhook_url else None,
         )
+
+
+class _ReservationBatch:
+    """ReserveBatch calls that arrive together, as a handful of statements for all of them: one
+    SELECT of the job ids, one of the balances (rows locked on PostgreSQL; SQLite's writer holds
+    the database), one conditional UPDATE per account, two multi-row INSERTs. Each call is decided
+    in arrival order against the balance the calls before it left, exactly as one transaction each
+    would have; the UPDATE's ``credits >= total`` still guards the no-overdraw rule in the database.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    async def run(
+        self, conn: AsyncConnection, items: list[tuple[str, Sequence[ReserveRequest]]]
+    ) -> list[tuple[BatchSettlement | None, BillingError | None]]:
+        at = now()
+        job_ids = [r.job_id for _, requests in items for r in requests]
+        rows = await conn.execute(select(reservations).where(reservations.c.job_id.in_(job_ids)))
+        existing = {row.job_id: to_reservation(row) for row in rows}
+        account_ids = sorted({account_id for account_id, _ in items})  # one lock order for all
+        balances: dict[str, int] = {
+            row.id: row.credits
+            for row in await conn.execute(
+                select(accounts.c.id, accounts.c.credits)
+                .where(accounts.c.id.in_(account_ids))
+                .order_by(accounts.c.id)
+                .with_for_update()
+            )
+        }
+        answers: list[tuple[BatchSettlement | None, BillingError | None]] = []
+        taken: dict[str, int] = {}
+        new_rows: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        for account_id, requests in items:
+            try:
+                answers.append((self._decide(account_id, requests, at, existing, balances), None))
+            except BillingError as refused:
+                answers.append((None, refused))
+                continue
+            settled = answers[-1][0]
+            assert settled is not None
+            balance = settled.credits + sum(r.amount for r in settled.created)
+            for reservation in settled.created:
+                existing[reservation.job_id] = reservation
+                new_rows.append(reservation_values(reservation))
+                balance -= reservation.amount
+                entries.append(_reserve_entry(reservation, balance))
+                taken[account_id] = taken.get(account_id, 0) + reservation.amount
+        for account_id, total in taken.items():
+            credits = await _take(conn, account_id, total)
+            if credits != balances[account_id]:  # another writer moved the balance: run alone
+                raise RuntimeError("an account's balance changed under a grouped reservation")
+        if new_rows:
+            await conn.execute(_INSERT_RESERVATION, new_rows)
+            await append_entries(conn, *entries)
+        return answers
+
+    def _decide(
+        self,
+        account_id: str,
+        requests: Sequence[ReserveRequest],
+        at: datetime,
+        existing: dict[str, Reservation],
+        balances: dict[str, int],
+    ) -> BatchSettlement:
+        """One call, against the balances the calls before it left (which it updates)."""
+        for request in requests:
+            if request.job_id in existing:
+                check_repeat(existing[request.job_id], request)
+        if account_id not in balances:
+            raise AccountNotFoundError(f"no account {shown(account_id)!r}")
+        new = [self._ledger._new_reservation(r, at) for r in requests if r.job_id not in existing]
+        if len({r.job_id for r in new}) != len(new):
+            raise InvalidArgumentError("a batch names one job id twice", field="requests")
+        total = sum(r.amount for r in new)
+        if balances[account_id] < total:
+            raise InsufficientCreditsError(total, balances[account_id])
+        balances[account_id] -= total
+        by_job = {**existing, **{r.job_id: r for r in new}}
+        return BatchSettlement([by_job[r.job_id] for r in requests], balances[account_id], created=new)
 
 
 async def _take(conn: AsyncConnection, account_id: str, amount: int) -> int | None:

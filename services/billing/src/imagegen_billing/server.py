@@ -173,6 +173,7 @@ class BillingServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.ledger.aclose()
         await self.db.close()
 
 

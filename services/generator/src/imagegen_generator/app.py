@@ -34,6 +34,7 @@ from imagegen_common.tracing import instrument_httpx, setup_tracing
 from imagegen_generator import metrics
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.consumer import ConsumerOptions, JobConsumer
+from imagegen_generator.cpu import CpuPool
 from imagegen_generator.inputs import InputImageLoader
 from imagegen_generator.messaging import KvCancelledJobs, NatsJobEvents
 from imagegen_generator.providers.base import Provider
@@ -44,7 +45,7 @@ from imagegen_generator.worker import JobRunner, RunnerOptions
 log = logging.getLogger(__name__)
 
 
-def make_provider(settings: GeneratorSettings) -> Provider:
+def make_provider(settings: GeneratorSettings, cpu: CpuPool | None = None) -> Provider:
     """Replicate when configured (or a token is set under `auto`), otherwise the local drawer."""
     if settings.uses_replicate:
         assert settings.replicate_api_token is not None  # checked by the settings
@@ -59,10 +60,15 @@ def make_provider(settings: GeneratorSettings) -> Provider:
                 retry_max_seconds=settings.replicate_retry_max_seconds,
                 request_timeout_seconds=settings.replicate_request_timeout_seconds,
                 output_max_bytes=settings.provider_output_max_bytes,
-            )
+                max_connections=settings.generator_concurrency,
+            ),
+            cpu=cpu,
         )
     return LocalProvider(
-        settings.image_format, instant=settings.local_provider_instant, webp_quality=settings.webp_quality
+        settings.image_format,
+        instant=settings.local_provider_instant,
+        webp_quality=settings.webp_quality,
+        cpu=cpu,
     )
 
 
@@ -103,7 +109,8 @@ async def running_generator(
     ``provider``, ``resolver`` and ``fetch_transport`` replace the configured ones (tests).
     """
     catalog = catalog or load_catalog(settings.catalog_path)
-    provider = provider or make_provider(settings)
+    cpu = CpuPool(settings.generator_cpu_workers)
+    provider = provider or make_provider(settings, cpu)
     nc = await connect(
         settings.nats_url,
         name=nats_names.GENERATOR_CLIENT,
@@ -132,7 +139,7 @@ async def running_generator(
                 catalog=catalog,
                 provider=provider,
                 store=store,
-                inputs=InputImageLoader(fetcher, store, settings.public_base_url),
+                inputs=InputImageLoader(fetcher, store, settings.public_base_url, cpu),
                 events=events,
                 cancelled_jobs=cancelled,
                 options=RunnerOptions(
@@ -141,6 +148,7 @@ async def running_generator(
                     webp_quality=settings.webp_quality,
                     retry_delay_seconds=settings.generator_retry_delay_seconds,
                 ),
+                cpu=cpu,
             )
             consumer = JobConsumer(
                 js,
@@ -172,6 +180,7 @@ async def running_generator(
                 await consumer.stop(settings.generator_drain_timeout_seconds)
     finally:
         await provider.aclose()
+        cpu.close()
         for subscription in subscriptions:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()

@@ -32,7 +32,20 @@ class GeneratorSettings(
     generator_ops_listen: str = Field(
         "127.0.0.1:9102", description="host:port of the operations HTTP server (/metrics, /healthz, /readyz)."
     )
-    generator_concurrency: int = Field(4, ge=1, le=256, description="Jobs one replica runs at the same time.")
+    generator_concurrency: int = Field(
+        4,
+        ge=1,
+        le=20_000,
+        description="Jobs one replica runs at the same time. A job waiting on Replicate costs a "
+        "connection and a few kB, no thread: thousands are fine (raise the open-files limit to match).",
+    )
+    generator_cpu_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads that decode, resize and encode images (CPU work, off the event loop); "
+        "0: one per core the process may use.",
+    )
     generator_ack_wait_seconds: float = Field(
         # Short, so that the jobs of a replica killed mid-job go to another one soon (a job's whole
         # deadline may be shorter than 30 s); a working replica's heartbeat keeps a long job its own.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from imagegen_common.images import ImageStore, parse_image_url
 from imagegen_common.safe_fetch import FetchError, SafeFetcher
+from imagegen_generator.cpu import CpuPool
 from imagegen_generator.errors import InputImageRefused
 from imagegen_generator.normalize import UnreadableImage, verify_image
 from imagegen_generator.providers.base import InputImage
@@ -17,7 +18,10 @@ ACCEPTED_MIME_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image
 
 
 class InputImageLoader:
-    def __init__(self, fetcher: SafeFetcher, store: ImageStore, public_base_url: str) -> None:
+    def __init__(
+        self, fetcher: SafeFetcher, store: ImageStore, public_base_url: str, cpu: CpuPool | None = None
+    ) -> None:
+        self._cpu = cpu or CpuPool()
         self._fetcher = fetcher
         self._store = store
         self._public_base_url = public_base_url
@@ -45,7 +49,7 @@ class InputImageLoader:
         except FetchError as exc:
             raise InputImageRefused(f"Input image {number} was refused: {exc}.") from None
         try:
-            mime, _, _ = await asyncio.to_thread(verify_image, fetched.data)
+            mime, _, _ = await self._cpu.run(verify_image, fetched.data)
         except UnreadableImage:
             raise InputImageRefused(f"Input image {number} is not a readable image.") from None
         if mime not in ACCEPTED_MIME_TYPES:

@@ -26,6 +26,7 @@ from imagegen_common.messaging import Backoff
 from imagegen_common.timestamps import duration, from_seconds, seconds_of
 from imagegen_common.tracing import traced
 from imagegen_generator import metrics
+from imagegen_generator.cpu import CpuPool
 from imagegen_generator.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -125,8 +126,10 @@ class JobRunner:
         cancelled_jobs: CancelledJobs,
         options: RunnerOptions,
         clock: Callable[[], float] = time.time,
+        cpu: CpuPool | None = None,
     ) -> None:
         self._catalog = catalog
+        self._cpu = cpu or CpuPool()
         self._provider = provider
         self._store = store
         self._inputs = inputs
@@ -341,7 +344,7 @@ class JobRunner:
     async def _normalize(self, data: bytes, job: jobs_pb2.GenerationJob) -> NormalizedImage:
         try:
             # Decoding and encoding are CPU work: off the event loop, which keeps pulling and acking.
-            return await asyncio.to_thread(
+            return await self._cpu.run(
                 normalize_image,
                 data,
                 job.width,

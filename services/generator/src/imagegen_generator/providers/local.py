@@ -8,13 +8,13 @@ encoding is on the job's path.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import textwrap
 from collections import OrderedDict
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
+from imagegen_generator.cpu import CpuPool
 from imagegen_generator.normalize import MIME_TYPES, ImageFormat, encode_image
 from imagegen_generator.providers.base import GenerationRequest, ProviderOutput
 
@@ -64,8 +64,14 @@ class LocalProvider:
     name = "local"
 
     def __init__(
-        self, image_format: ImageFormat = "png", *, instant: bool = False, webp_quality: int = 90
+        self,
+        image_format: ImageFormat = "png",
+        *,
+        instant: bool = False,
+        webp_quality: int = 90,
+        cpu: CpuPool | None = None,
     ) -> None:
+        self._cpu = cpu or CpuPool()
         self._format = image_format
         self._instant = instant
         self._quality = webp_quality
@@ -82,14 +88,14 @@ class LocalProvider:
             key = (request.width, request.height)
             cached = self._cache.get(key)
             if cached is None:
-                cached = await asyncio.to_thread(self._encoded_gradient, *key)
+                cached = await self._cpu.run(self._encoded_gradient, *key)
                 self._cache[key] = cached
                 while len(self._cache) > INSTANT_CACHE_SIZES:
                     self._cache.popitem(last=False)
             else:
                 self._cache.move_to_end(key)
             return ProviderOutput(cached, mime)
-        data = await asyncio.to_thread(self._render, request)
+        data = await self._cpu.run(self._render, request)
         return ProviderOutput(data, mime)
 
     def _render(self, request: GenerationRequest) -> bytes:

@@ -46,6 +46,7 @@ from tenacity import (
 
 from imagegen_common.logging import redact
 from imagegen_generator import metrics
+from imagegen_generator.cpu import CpuPool
 from imagegen_generator.errors import (
     ContentRejected,
     InvalidInput,
@@ -63,6 +64,7 @@ T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 _SAFETY_WORDS = ("nsfw", "safety", "sensitive", "content policy", "flagged", "inappropriate")
 _CANCEL_TIMEOUT_SECONDS = 10.0
+_SPARE_CONNECTIONS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,9 @@ class ReplicateOptions:
     retry_max_seconds: float = 30.0
     request_timeout_seconds: float = 30.0
     output_max_bytes: int = 64 * 1024 * 1024
+    #: Connections to Replicate (and to its file host) at most: one per job the replica runs at once,
+    #: so that nothing below ``IMAGEGEN_GENERATOR_CONCURRENCY`` caps the predictions in flight.
+    max_connections: int = 100
 
 
 class RetryableStatus(Exception):
@@ -170,12 +175,22 @@ class ReplicateProvider:
     name = "replicate"
 
     def __init__(
-        self, options: ReplicateOptions, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        options: ReplicateOptions,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        cpu: CpuPool | None = None,
     ) -> None:
         self.options = options
+        self._cpu = cpu or CpuPool()
         extra: dict[str, Any] = {"event_hooks": {"response": [_raise_retryable]}}
-        if transport is not None:
-            extra["transport"] = transport
+        # httpx's default pool holds 100 connections: the 101st prediction of a replica would wait
+        # for a free one, however many jobs the replica runs. A margin for cancels and downloads.
+        limits = httpx.Limits(
+            max_connections=options.max_connections + _SPARE_CONNECTIONS,
+            max_keepalive_connections=options.max_connections + _SPARE_CONNECTIONS,
+        )
+        extra["transport"] = transport or httpx.AsyncHTTPTransport(limits=limits)
         self._client = ReplicateClient(
             api_token=options.api_token,
             base_url=options.base_url,
@@ -187,6 +202,7 @@ class ReplicateProvider:
             timeout=httpx.Timeout(options.request_timeout_seconds, connect=10.0),
             follow_redirects=True,
             event_hooks={"response": [_raise_retryable]},
+            limits=limits,
         )
         self._cleanups: set[asyncio.Task[None]] = set()
         self._backoff = wait_exponential_jitter(
@@ -202,7 +218,7 @@ class ReplicateProvider:
         except ValueError:
             raise ProviderError("The job names no valid model of the provider.") from None
         # Input images become base64 data URIs (up to 10 x 20 MB): off the event loop.
-        payload = await asyncio.to_thread(build_input, request.model, request)
+        payload = await self._cpu.run(build_input, request.model, request)
         wait = self._wait_seconds(request)
         creating = asyncio.ensure_future(
             self._retrying(lambda: self._create(model, payload, wait), create_retry_reason)
@@ -284,7 +300,7 @@ class ReplicateProvider:
         if len(encoded) // 4 * 3 > self.options.output_max_bytes + 3:
             raise ProviderError("The model's image is larger than allowed.")
         try:
-            data = await asyncio.to_thread(base64.b64decode, encoded)
+            data = await self._cpu.run(base64.b64decode, encoded)
         except binascii.Error:
             raise ProviderError("The model returned an unreadable data URI.") from None
         if len(data) > self.options.output_max_bytes:

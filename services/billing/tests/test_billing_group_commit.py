@@ -1,0 +1,243 @@
+"""Group commit on a real database, SQLite and PostgreSQL: concurrent reservations and settlements
+share transactions, keep the no-overdraw rule, and each caller still gets its own answer; a caller
+that gives up never leaves credits held."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imagegen_billing.accounts import Accounts
+from imagegen_billing.db import Database
+from imagegen_billing.domain import (
+    AccountNotFoundError,
+    InsufficientCreditsError,
+    JobIdReusedError,
+    JobResult,
+    ReleaseReason,
+    ReservationNotFoundError,
+    ReservationState,
+    ReserveRequest,
+    SettleOutcome,
+)
+from imagegen_billing.group_commit import GroupCommit
+from imagegen_billing.ledger import Ledger
+from imagegen_billing.models import accounts
+
+ConsistencyCheck = Callable[[Database], Awaitable[None]]
+IMAGE = JobResult(image_url="http://x/images/img.png")
+
+
+async def _noop(conn: AsyncConnection) -> None:
+    return None
+
+
+async def test_concurrent_batches_share_transactions_and_never_overdraw(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    first, _, _ = await accounts_repo.create("ada@example.test", 1000)
+    second, _, _ = await accounts_repo.create("bob@example.test", 500)
+    attempts, amount = 300, 7
+
+    async def reserve(n: int) -> str:
+        account = first if n % 2 else second
+        try:
+            await ledger.reserve_batch([ReserveRequest(account.id, f"img_{n}", amount)])
+        except InsufficientCreditsError:
+            return "short"
+        return "ok"
+
+    answers = await asyncio.gather(*(reserve(n) for n in range(attempts)))
+    held = [n for n, answer in enumerate(answers) if answer == "ok"]
+    assert len([n for n in held if n % 2]) == 1000 // amount
+    assert len([n for n in held if not n % 2]) == 500 // amount
+    assert ledger.group.units == attempts
+    assert ledger.group.transactions < attempts  # grouped: far fewer commits than reservations
+    assert (await accounts_repo.get(first.id)).credits == 1000 % amount
+    assert (await accounts_repo.get(second.id)).credits == 500 % amount
+
+    before = ledger.group.transactions
+    settled = await asyncio.gather(*(ledger.settle(f"img_{n}", IMAGE) for n in held))
+    assert {s.outcome for s in settled} == {SettleOutcome.CAPTURED}
+    assert ledger.group.transactions - before < len(held)
+    assert (await accounts_repo.get(first.id)).reserved_credits == 0
+    await check_consistent(db)
+
+
+async def test_each_caller_of_one_group_gets_its_own_answer(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+    await ledger.reserve(ReserveRequest(account.id, "img_old", 3))
+    before = ledger.group.transactions
+    results = await asyncio.gather(
+        ledger.reserve(ReserveRequest(account.id, "img_fits", 4)),
+        ledger.reserve(ReserveRequest(account.id, "img_short", 4)),  # 3 left after img_fits
+        ledger.reserve(ReserveRequest("acc_nobody", "img_orphan", 1)),
+        ledger.reserve(ReserveRequest(account.id, "img_old", 5)),  # the id holds 3 credits
+        ledger.settle("img_unknown", IMAGE),
+        ledger.settle("img_old", IMAGE),
+        return_exceptions=True,
+    )
+    assert ledger.group.transactions - before == 1
+    fits, short, orphan, reused, unknown, captured = results
+    assert not isinstance(fits, BaseException) and fits.changed and fits.credits == 3
+    assert isinstance(short, InsufficientCreditsError)
+    assert isinstance(orphan, AccountNotFoundError)
+    assert isinstance(reused, JobIdReusedError)
+    assert not isinstance(unknown, BaseException) and unknown.outcome is SettleOutcome.UNKNOWN_JOB
+    assert not isinstance(captured, BaseException) and captured.outcome is SettleOutcome.CAPTURED
+    after = await accounts_repo.get(account.id)
+    assert (after.credits, after.reserved_credits) == (3, 4)
+    await check_consistent(db)
+
+
+async def test_a_unit_that_fails_rolls_back_alone(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+
+    async def breaks_after_writing(conn: AsyncConnection) -> None:
+        await conn.execute(update(accounts).where(accounts.c.id == account.id).values(credits=1_000_000))
+        raise RuntimeError("a failure that is no refusal")
+
+    results = await asyncio.gather(
+        ledger.reserve(ReserveRequest(account.id, "img_a", 2)),
+        ledger.group.run(breaks_after_writing),
+        ledger.reserve(ReserveRequest(account.id, "img_b", 2)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert not isinstance(results[0], BaseException) and results[0].changed
+    assert not isinstance(results[2], BaseException) and results[2].changed
+    after = await accounts_repo.get(account.id)
+    assert (after.credits, after.reserved_credits) == (6, 4)
+    await check_consistent(db)
+
+
+async def _hold_the_group(ledger: Ledger) -> tuple[asyncio.Task[None], asyncio.Event, asyncio.Event]:
+    """A unit that keeps the group's transaction open until ``release`` is set."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(conn: AsyncConnection) -> None:
+        started.set()
+        await release.wait()
+
+    return asyncio.create_task(ledger.group.run(hold)), started, release
+
+
+async def test_a_caller_that_gives_up_in_the_transaction_leaves_nothing_held(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+    holder, started, release = await _hold_the_group(ledger)
+    caller = asyncio.create_task(ledger.reserve_batch([ReserveRequest(account.id, "img_gone", 4)]))
+    await started.wait()  # the reservation is in the same group, behind the holder
+    caller.cancel()  # its deadline passed: the caller gets an error ...
+    release.set()
+    await holder
+    await ledger.group.run(_noop)  # after the compensation, which was queued first
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    reservation = await ledger.reservation("img_gone")  # ... and its credits are not held
+    assert reservation.state is ReservationState.RELEASED
+    assert reservation.release_reason is ReleaseReason.TIMEOUT
+    after = await accounts_repo.get(account.id)
+    assert (after.credits, after.reserved_credits) == (10, 0)
+    await check_consistent(db)
+
+
+async def test_a_caller_that_gives_up_while_queued_takes_nothing(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+    holder, started, release = await _hold_the_group(ledger)
+    await started.wait()
+    caller = asyncio.create_task(ledger.reserve_batch([ReserveRequest(account.id, "img_gone", 4)]))
+    await asyncio.sleep(0)  # queued for the next group
+    caller.cancel()
+    release.set()
+    await holder
+    await ledger.group.run(_noop)
+    with pytest.raises(ReservationNotFoundError):
+        await ledger.reservation("img_gone")
+    assert (await accounts_repo.get(account.id)).credits == 10
+    await check_consistent(db)
+
+
+async def test_a_closed_group_refuses_new_units(db: Database) -> None:
+    group = GroupCommit(db)
+    await group.run(_noop)
+    await group.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await group.run(_noop)
+
+
+async def test_a_burst_with_one_fresh_token_writes_its_last_use_once(
+    db: Database, accounts_repo: Accounts
+) -> None:
+    _, token, _ = await accounts_repo.create("ada@example.test", 10)
+    touches: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE API_TOKENS"):
+            touches.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        # What 50 concurrent authentications that all read the token as never used do.
+        at = datetime.now(UTC)
+        await asyncio.gather(*(accounts_repo._touch(token.id, at) for _ in range(50)))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert len(touches) == 1
+
+
+async def test_grouped_batches_run_as_a_few_statements_with_each_callers_answer(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    first, _, _ = await accounts_repo.create("ada@example.test", 20)
+    second, _, _ = await accounts_repo.create("bob@example.test", 5)
+    await ledger.reserve_batch([ReserveRequest(first.id, "img_old", 3)])  # 17 left
+    updates: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ACCOUNTS"):
+            updates.append(statement)
+
+    calls = [
+        [ReserveRequest(first.id, f"img_a{n}", 2) for n in range(2)],  # 13 left
+        [ReserveRequest(first.id, "img_old", 3)],  # a repeat: nothing taken
+        [ReserveRequest(first.id, "img_old", 4)],  # the id holds another amount
+        [ReserveRequest(second.id, "img_b", 4)],  # 1 left
+        [ReserveRequest(second.id, "img_c", 4)],  # short: the call before took it
+        [ReserveRequest("acc_nobody", "img_x", 1)],
+        *([ReserveRequest(first.id, f"img_f{n}", 1)] for n in range(13)),  # exactly the 13 left
+        [ReserveRequest(first.id, "img_over", 1)],
+    ]
+    before = ledger.group.transactions
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        results = await asyncio.gather(*(ledger.reserve_batch(c) for c in calls), return_exceptions=True)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert ledger.group.transactions - before == 1
+    assert len(updates) == 2  # one per account that paid, not one per call
+    two, repeat, reused, fits, short, orphan, *ones, over = results
+    assert not isinstance(two, BaseException) and two.credits == 13 and len(two.created) == 2
+    assert not isinstance(repeat, BaseException) and not repeat.created
+    assert isinstance(reused, JobIdReusedError)
+    assert not isinstance(fits, BaseException) and fits.credits == 1
+    assert isinstance(short, InsufficientCreditsError)
+    assert isinstance(orphan, AccountNotFoundError)
+    assert all(not isinstance(one, BaseException) for one in ones)
+    assert isinstance(over, InsufficientCreditsError)
+    assert (await accounts_repo.get(first.id)).credits == 0
+    assert (await accounts_repo.get(second.id)).credits == 1
+    await check_consistent(db)
