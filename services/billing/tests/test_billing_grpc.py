@@ -598,3 +598,21 @@ async def test_a_long_id_is_refused_and_never_echoed(billing_stub: BillingStub) 
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT
         assert len(error.message) < 200 and "xxxxxxxxxx" not in error.message
         assert len(error.violations) == 1
+
+
+async def test_a_reservation_keeps_its_prompt_bounded_for_the_accounts_history(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    account_id = (await create_account(admin_stub, admin_metadata, 20)).account.id
+    batch = pb.ReserveBatchRequest(
+        requests=[reserve(account_id, "img_p1", 2), reserve(account_id, "img_p2", 2)]
+    )
+    batch.requests[0].details.prompt = "a lighthouse at dusk"
+    batch.requests[1].details.prompt = "x" * 5000
+    await billing_stub.ReserveBatch(batch)
+    first = await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_p1"))
+    second = await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_p2"))
+    assert first.reservation.details.prompt == "a lighthouse at dusk"
+    assert second.reservation.details.prompt == "x" * 1024
+    listed = await billing_stub.ListReservations(pb.ListReservationsRequest(account_id=account_id))
+    assert {r.details.prompt for r in listed.reservations} == {"a lighthouse at dusk", "x" * 1024}

@@ -137,6 +137,7 @@ def job_details_message(value: JobDetails) -> resources_pb2.JobDetails:
         height=value.height,
         request_fingerprint=value.request_fingerprint,
         webhook_url=value.webhook_url,
+        prompt=value.prompt,
     )
 
 
@@ -147,6 +148,7 @@ def job_details(value: resources_pb2.JobDetails) -> JobDetails:
         height=value.height,
         request_fingerprint=value.request_fingerprint,
         webhook_url=value.webhook_url,
+        prompt=value.prompt,
     )
 
 

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 MAX_TEXT_CHARS = 200
 MAX_URL_CHARS = 2048
 MAX_MESSAGE_CHARS = 1000
+#: The longest prompt either front end takes; billing keeps no more.
+MAX_PROMPT_CHARS = 1024
 #: Most reservations one ReserveBatch may hold.
 MAX_BATCH_SIZE = 100
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -232,6 +234,8 @@ class JobDetails:
     request_fingerprint: str = ""
     #: Where the job's outcome is posted; empty for none.
     webhook_url: str = ""
+    #: The prompt, shown to the account itself in its history (never logged whole).
+    prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)

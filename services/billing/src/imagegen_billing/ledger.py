@@ -25,6 +25,7 @@ from imagegen_billing import metrics
 from imagegen_billing.accounts import account_by_alias
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
+    MAX_PROMPT_CHARS,
     Account,
     AccountNotFoundError,
     AlreadySettledError,
@@ -434,6 +435,7 @@ class Ledger:
                 request.details,
                 model=clip(request.details.model),
                 request_fingerprint=request.details.request_fingerprint[:128],
+                prompt=request.details.prompt[:MAX_PROMPT_CHARS],
             ),
             webhook=WebhookDelivery(url=webhook_url, state=WebhookState.PENDING) if webhook_url else None,
         )

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -113,6 +114,7 @@ class ReservationRow(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     request_fingerprint: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text, default="", server_default="")
     # A ReleaseReason's value ("failed", "expired", …); "" until released.
     release_reason: Mapped[str] = mapped_column(String(16))
     release_detail: Mapped[str] = mapped_column(String(200), server_default=text("''"))

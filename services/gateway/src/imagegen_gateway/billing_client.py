@@ -175,6 +175,7 @@ class BillingClient:
                         height=r.height,
                         request_fingerprint=r.fingerprint,
                         webhook_url=r.webhook_url,
+                        prompt=r.prompt,
                     ),
                 )
                 for r in requests

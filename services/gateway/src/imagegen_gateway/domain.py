@@ -114,6 +114,8 @@ class Reservation:
     width: int = 0
     height: int = 0
     request_fingerprint: str = ""
+    #: The prompt the job was made for (the account's own history shows it).
+    prompt: str = ""
     settle_time: datetime | None = None
     start_time: datetime | None = None
     release_reason: ReleaseReason = ReleaseReason.UNSPECIFIED
@@ -135,6 +137,8 @@ class ReservationRequest:
     #: Hash of the whole request, so that a repeat with another request is told apart.
     fingerprint: str = ""
     webhook_url: str = ""
+    #: Kept with the reservation for the account's history.
+    prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,14 @@ class Generations:
             principal.account_id,
             [
                 ReservationRequest(
-                    job_id, credits, model.key, request.width, request.height, fingerprint, webhook_url
+                    job_id,
+                    credits,
+                    model.key,
+                    request.width,
+                    request.height,
+                    fingerprint,
+                    webhook_url,
+                    prompt=request.prompt,
                 )
                 for job_id in job_ids
             ],

@@ -167,6 +167,7 @@ def reservation(message: resources_pb2.Reservation) -> Reservation:
         width=message.details.width,
         height=message.details.height,
         request_fingerprint=message.details.request_fingerprint,
+        prompt=message.details.prompt,
         settle_time=optional_moment(message, "settle_time"),
         start_time=optional_moment(message, "start_time"),
         release_reason=_RELEASE_REASONS.get(message.release_reason, ReleaseReason.UNSPECIFIED),

@@ -111,6 +111,7 @@ def ledger_rows(entries: list[resources_pb2.LedgerEntry]) -> list[LedgerRow]:
 class ImageCard:
     id: str
     url: str
+    prompt: str
     model: str
     size: str
     credits: int
@@ -124,6 +125,7 @@ def image_cards(images: list[resources_pb2.Reservation]) -> list[ImageCard]:
         ImageCard(
             id=r.job_id,
             url=r.result.image_url,
+            prompt=r.details.prompt,
             model=r.details.model,
             size=f"{r.details.width}×{r.details.height}",
             credits=r.amount,

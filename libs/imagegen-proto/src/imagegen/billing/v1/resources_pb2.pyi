@@ -291,6 +291,7 @@ class JobDetails(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     width: _builtins.int
     height: _builtins.int
@@ -300,6 +301,8 @@ class JobDetails(_message.Message):
     """
     webhook_url: _builtins.str
     """Where the job's outcome is posted (a REST job with a webhook); empty for none."""
+    prompt: _builtins.str
+    """The prompt, for the account's own history (the portal's gallery); at most 1024 characters."""
     def __init__(
         self,
         *,
@@ -308,10 +311,11 @@ class JobDetails(_message.Message):
         height: _builtins.int = ...,
         request_fingerprint: _builtins.str = ...,
         webhook_url: _builtins.str = ...,
+        prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "request_fingerprint", b"request_fingerprint", "webhook_url", b"webhook_url", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "model", b"model", "prompt", b"prompt", "request_fingerprint", b"request_fingerprint", "webhook_url", b"webhook_url", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
