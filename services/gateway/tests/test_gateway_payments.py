@@ -220,10 +220,9 @@ async def test_buy_pay_and_the_grant_happens_once_whatever_the_deliveries(shop: 
             e for e in await shop.ledger(account) if e.kind == resources_pb2.LedgerEntry.KIND_PURCHASE
         ]
         assert len(purchases) == 1
-        assert (
-            session_id in purchases[0].note
-            and shop.stripe.session(session_id).payment_intent in purchases[0].note
-        )
+        payment_intent = shop.stripe.session(session_id).payment_intent
+        assert payment_intent is not None
+        assert session_id in purchases[0].note and payment_intent in purchases[0].note
 
         done = await client.get(f"/account/credits/success?session_id={session_id}")
         assert "2,500 credits were added" in done.text and "purchase.js" not in done.text

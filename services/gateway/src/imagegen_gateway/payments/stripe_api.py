@@ -58,7 +58,7 @@ class StripeCheckout:
         )
 
     async def close(self) -> None:
-        await self._http.close_async()
+        await self._http.close_async()  # type: ignore[no-untyped-call]
 
     @property
     def checkout_origin(self) -> str:
