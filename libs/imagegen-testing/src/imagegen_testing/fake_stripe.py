@@ -14,6 +14,7 @@ Tests build other events with ``event(...)`` and sign them with ``sign(...)`` (S
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import html
@@ -114,12 +115,16 @@ class FakeStripe:
         #: Where the checkout page's Pay button sends ``checkout.session.completed`` (the gateway's
         #: ``/webhooks/stripe``); unset: no webhook.
         self.webhook_url = ""
+        #: Seconds after the redirect to the success page that the webhook goes out (None: before the
+        #: redirect), as when Stripe's event arrives after the person is back.
+        self.webhook_delay_seconds: float | None = None
         self.sessions: dict[str, FakeSession] = {}
         self.requests: list[tuple[str, str]] = []
         self.webhook_answers: list[int] = []
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -238,6 +243,18 @@ class FakeStripe:
             ]
         )
 
+    async def _send_completed(self, session_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        payload = event("checkout.session.completed", self.session_object(session_id))
+        async with httpx.AsyncClient(timeout=10) as client:
+            answer = await client.post(
+                self.webhook_url,
+                content=payload,
+                headers={**self.signed(payload), "Content-Type": "application/json"},
+            )
+        with self._lock:
+            self.webhook_answers.append(answer.status_code)
+
     def _refused(self, request: Request) -> Response | None:
         if request.headers.get("authorization") != f"Bearer {self.secret_key}":
             error = {"type": "invalid_request_error", "message": "Invalid API Key provided"}
@@ -287,14 +304,11 @@ class FakeStripe:
             return HTMLResponse("<h1>No such session</h1>", status_code=404)
         self.pay(session_id)
         if self.webhook_url:
-            payload = event("checkout.session.completed", self.session_object(session_id))
-            async with httpx.AsyncClient(timeout=10) as client:
-                answer = await client.post(
-                    self.webhook_url,
-                    content=payload,
-                    headers={**self.signed(payload), "Content-Type": "application/json"},
-                )
-            with self._lock:
-                self.webhook_answers.append(answer.status_code)
+            if self.webhook_delay_seconds is None:
+                await self._send_completed(session_id, 0.0)
+            else:
+                task = asyncio.create_task(self._send_completed(session_id, self.webhook_delay_seconds))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         success = str(self.session(session_id).params.get("success_url", "/"))
         return RedirectResponse(success.replace("{CHECKOUT_SESSION_ID}", session_id), status_code=303)
