@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.db import Database
@@ -67,10 +68,14 @@ async def test_concurrent_deliveries_grant_once(
     payments: Payments, accounts_repo: Accounts, check_consistent: ConsistencyCheck, db: Database
 ) -> None:
     account = await _account(accounts_repo)
+    sold = REGISTRY.get_sample_value("imagegen_billing_credits_sold_total") or 0.0
+    bought = REGISTRY.get_sample_value("imagegen_billing_purchases_total", {"pack": "starter"}) or 0.0
     # no pending purchase recorded: the deliveries race to create it too
     results = await asyncio.gather(*(payments.fulfil(SESSION, account, "starter", PI) for _ in range(10)))
     assert sum(r.granted for r in results) == 1
     assert await payments.credits(account) == 500
+    assert REGISTRY.get_sample_value("imagegen_billing_credits_sold_total") == sold + 500
+    assert REGISTRY.get_sample_value("imagegen_billing_purchases_total", {"pack": "starter"}) == bought + 1
     await check_consistent(db)
 
 

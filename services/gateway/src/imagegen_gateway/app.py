@@ -33,6 +33,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 "gateway ready", extra={"listen": settings.gateway_listen, "instance": gateway.bus.instance}
             )
             yield
+        await app.state.payments.close()  # payments: its billing channel and Stripe's HTTP client
         log.info("gateway stopped")
 
     app = FastAPI(
