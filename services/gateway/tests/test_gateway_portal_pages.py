@@ -19,6 +19,7 @@ from imagegen.billing.v1 import billing_service_pb2_grpc
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
 from imagegen_gateway.config import GatewaySettings
+from imagegen_gateway.payments import install_payments
 from imagegen_gateway.portal import install_portal
 from imagegen_gateway.portal.context import PortalContext
 from imagegen_gateway.portal.security import CSRF_COOKIE, SESSION_COOKIE
@@ -65,12 +66,14 @@ async def portal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     await billing.start()
     settings = GatewaySettings(billing_address=billing.settings.billing_listen, public_base_url=request.param)
     app = FastAPI()
+    install_payments(app, settings)  # the Buy credits page (issue 13)
     install_portal(app, settings)
     result = Portal(app, billing, request.param)
     context: PortalContext = app.state.portal
     context.mailer.send_sign_in_link = lambda to, url, minutes: result.mails.append((to, url))  # type: ignore[method-assign]
     yield result
     await context.client.close()
+    await app.state.payments.close()
     await billing.stop()
 
 

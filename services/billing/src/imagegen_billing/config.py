@@ -51,6 +51,9 @@ class BillingSettings(BaseServiceSettings, NatsSettings, PortalSettings):  # Por
     catalog_path: Path | None = Field(
         None, description="Model catalog (TOML) to serve instead of the built-in one."
     )
+    credit_packs_path: Path | None = Field(
+        None, description="Credit packs (TOML) to sell instead of the built-in `credit_packs.toml`."
+    )
     billing_reservation_ttl_seconds: int = Field(
         900,
         ge=1,

@@ -50,6 +50,10 @@ _KINDS = {
     EntryKind.CAPTURE: resources_pb2.LedgerEntry.KIND_CAPTURE,
     EntryKind.RELEASE: resources_pb2.LedgerEntry.KIND_RELEASE,
     EntryKind.DEBIT: resources_pb2.LedgerEntry.KIND_DEBIT,
+    EntryKind.PURCHASE: resources_pb2.LedgerEntry.KIND_PURCHASE,
+    EntryKind.REFUND: resources_pb2.LedgerEntry.KIND_REFUND,
+    EntryKind.DISPUTE: resources_pb2.LedgerEntry.KIND_DISPUTE,
+    EntryKind.DISPUTE_REVERSAL: resources_pb2.LedgerEntry.KIND_DISPUTE_REVERSAL,
 }
 _RELEASE_REASONS = {
     reason: resources_pb2.ReleaseReason.Value(f"RELEASE_REASON_{reason.name}") for reason in ReleaseReason

@@ -203,6 +203,12 @@ class EntryKind(enum.StrEnum):
     CAPTURE = "capture"
     RELEASE = "release"
     DEBIT = "debit"
+    # Payments (payment_rules.py): the only entries that may take a balance below zero are REFUND and
+    # DISPUTE, which take back credits of a payment already spent.
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    DISPUTE = "dispute"
+    DISPUTE_REVERSAL = "dispute_reversal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,3 +57,33 @@ def released(amount: int, reason: ReleaseReason) -> None:
 
 def settlement_event(result: SettleOutcome) -> None:
     SETTLEMENT_EVENTS.labels(result=result.value).inc()
+
+
+# Payments (payments.py)
+PURCHASES = Counter(
+    "imagegen_billing_purchases_total",
+    "Credit packs granted after a paid Checkout Session, by pack.",
+    ["pack"],
+)
+CREDITS_SOLD = Counter("imagegen_billing_credits_sold_total", "Credits granted by paid credit packs.")
+CREDITS_REFUNDED = Counter(
+    "imagegen_billing_credits_refunded_total", "Credits taken back because their payment was refunded."
+)
+CREDITS_DISPUTED = Counter(
+    "imagegen_billing_credits_disputed_total",
+    "Credits taken back for an opened dispute (opened) or given back for a won one (won).",
+    ["outcome"],
+)
+
+
+def purchased(pack: str, credits: int) -> None:
+    PURCHASES.labels(pack).inc()
+    CREDITS_SOLD.inc(credits)
+
+
+def refunded(credits: int) -> None:
+    CREDITS_REFUNDED.inc(credits)
+
+
+def disputed(outcome: str, credits: int) -> None:
+    CREDITS_DISPUTED.labels(outcome).inc(credits)

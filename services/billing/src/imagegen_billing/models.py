@@ -7,6 +7,7 @@ from typing import cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -63,7 +64,8 @@ class Base(DeclarativeBase):
 class AccountRow(Base):
     __tablename__ = "accounts"
     __table_args__ = (
-        CheckConstraint("credits >= 0", name="credits_not_negative"),
+        # No check on `credits`: a refund or dispute may take it below zero (payment_rules.py); every
+        # other change is a conditional UPDATE that keeps it at or above zero.
         CheckConstraint("reserved_credits >= 0", name="reserved_not_negative"),
     )
 
@@ -166,7 +168,10 @@ class AccountWebhookRow(Base):
 
 class LedgerEntryRow(Base):
     __tablename__ = "ledger_entries"
-    __table_args__ = (Index("ix_ledger_entries_account_id_id", "account_id", "id"),)
+    __table_args__ = (
+        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
+        Index("ix_ledger_entries_payment_key", "payment_key", unique=True),  # payments
+    )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
@@ -176,6 +181,31 @@ class LedgerEntryRow(Base):
     job_id: Mapped[str | None] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(String(200))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Payments: what makes the entry once ("purchase:cs_…", "refund:ch_…:<total>", "dispute:dp_…");
+    # unique, so a replayed or concurrent Stripe event cannot write it twice. NULL for other entries.
+    payment_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class PurchaseRow(Base):
+    """A Stripe Checkout Session of an account for a credit pack (payments.py)."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (Index("ix_purchases_account_id_create_time", "account_id", "create_time"),)
+
+    checkout_session_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    pack_id: Mapped[str] = mapped_column(String(64))
+    # What the pack was when the purchase was made: the grant uses these, never a Stripe amount.
+    credits: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    # A PurchaseState's value: "pending", "paid", "failed", "expired".
+    state: Mapped[str] = mapped_column(String(16))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    credits_taken_back: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    flagged: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    paid_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class SignInIdentityRow(Base):
@@ -253,3 +283,4 @@ sign_in_identities = cast(Table, SignInIdentityRow.__table__)
 sessions = cast(Table, SessionRow.__table__)
 login_links = cast(Table, LoginLinkRow.__table__)
 sign_in_attempts = cast(Table, SignInAttemptRow.__table__)
+purchases = cast(Table, PurchaseRow.__table__)

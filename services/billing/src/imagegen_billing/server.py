@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen.payments.v1 import payments_service_pb2_grpc  # payments
 from imagegen.portal.v1 import portal_service_pb2_grpc  # portal
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
@@ -24,6 +25,7 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.payments_servicer import PAYMENTS_SERVICE, make_payments_servicer  # payments
 from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
 from imagegen_billing.reaper import run_reaper
 from imagegen_billing.revocations import RevocationPublisher
@@ -98,12 +100,16 @@ class BillingServer:
         portal_service_pb2_grpc.add_PortalServiceServicer_to_server(  # portal
             make_portal_servicer(self.settings, self.db, self.accounts, self.ledger, self.revocations), server
         )
+        payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server(  # payments
+            make_payments_servicer(self.settings, self.db), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 BILLING_SERVICE,
                 ADMIN_SERVICE,
                 PORTAL_SERVICE,  # portal
+                PAYMENTS_SERVICE,  # payments
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -111,6 +117,7 @@ class BillingServer:
         )
         for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(PAYMENTS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)  # payments
         self.port = server.add_insecure_port(self.settings.billing_listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.settings.billing_listen}")
@@ -148,6 +155,7 @@ class BillingServer:
                 )
                 for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
                     await self.health.set(service, status)
+                await self.health.set(PAYMENTS_SERVICE, status)  # payments
                 log.log(
                     logging.INFO if ok else logging.WARNING,
                     "database reachable" if ok else "database unreachable",

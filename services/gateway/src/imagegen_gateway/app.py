@@ -16,6 +16,7 @@ from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.api.responses import install_error_handlers
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
+from imagegen_gateway.payments import install_payments
 from imagegen_gateway.portal import install_portal
 from imagegen_gateway.state import open_gateway
 
@@ -33,6 +34,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 "gateway ready", extra={"listen": settings.gateway_listen, "instance": gateway.bus.instance}
             )
             yield
+        await app.state.payments.close()  # payments: its billing channel and Stripe's HTTP client
         log.info("gateway stopped")
 
     app = FastAPI(
@@ -52,6 +54,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(files.router)
     app.include_router(ops.router)
+    install_payments(app, settings)  # buying credits: before the portal, whose Buy credits page it is
     install_portal(app, settings)  # the account portal: pages at /, /signin/…, /account/…
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)

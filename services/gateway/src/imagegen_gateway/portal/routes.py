@@ -303,10 +303,4 @@ async def usage(
     )
 
 
-@router.get("/account/credits")
-async def credits(request: Request) -> Response:
-    session = await require_session(request)
-    account = session.account.account
-    return portal_of(request).render(
-        request, "credits.html", session, active="credits", credits=account.credits, email=account.email
-    )
+# Buy credits: imagegen_gateway.payments (issue 13).

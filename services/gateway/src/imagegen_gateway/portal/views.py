@@ -24,6 +24,10 @@ _KINDS = {
     resources_pb2.LedgerEntry.KIND_CAPTURE: "Charge",
     resources_pb2.LedgerEntry.KIND_RELEASE: "Release",
     resources_pb2.LedgerEntry.KIND_DEBIT: "Debit",
+    resources_pb2.LedgerEntry.KIND_PURCHASE: "Purchase",  # payments (issue 13)
+    resources_pb2.LedgerEntry.KIND_REFUND: "Refund",
+    resources_pb2.LedgerEntry.KIND_DISPUTE: "Dispute",
+    resources_pb2.LedgerEntry.KIND_DISPUTE_REVERSAL: "Dispute won",
 }
 _STATES = {
     resources_pb2.Reservation.STATE_HELD: "In progress",

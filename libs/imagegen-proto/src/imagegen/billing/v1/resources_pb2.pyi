@@ -611,6 +611,18 @@ class LedgerEntry(_message.Message):
         """A held reservation returned (positive amount)."""
         KIND_DEBIT: LedgerEntry._Kind.ValueType  # 5
         """Credits removed by an administrator (negative amount)."""
+        KIND_PURCHASE: LedgerEntry._Kind.ValueType  # 6
+        """Credits of a paid credit pack (positive; the note names the Checkout Session and PaymentIntent)."""
+        KIND_REFUND: LedgerEntry._Kind.ValueType  # 7
+        """Credits taken back for a refunded payment, in proportion (negative; may take the balance below
+        zero; the note names the charge).
+        """
+        KIND_DISPUTE: LedgerEntry._Kind.ValueType  # 8
+        """Credits taken back for a disputed payment (negative; may take the balance below zero; the note
+        names the dispute).
+        """
+        KIND_DISPUTE_REVERSAL: LedgerEntry._Kind.ValueType  # 9
+        """Credits given back when the account won a dispute (positive; the note names the dispute)."""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: LedgerEntry.Kind.ValueType  # 0
@@ -624,6 +636,18 @@ class LedgerEntry(_message.Message):
     """A held reservation returned (positive amount)."""
     KIND_DEBIT: LedgerEntry.Kind.ValueType  # 5
     """Credits removed by an administrator (negative amount)."""
+    KIND_PURCHASE: LedgerEntry.Kind.ValueType  # 6
+    """Credits of a paid credit pack (positive; the note names the Checkout Session and PaymentIntent)."""
+    KIND_REFUND: LedgerEntry.Kind.ValueType  # 7
+    """Credits taken back for a refunded payment, in proportion (negative; may take the balance below
+    zero; the note names the charge).
+    """
+    KIND_DISPUTE: LedgerEntry.Kind.ValueType  # 8
+    """Credits taken back for a disputed payment (negative; may take the balance below zero; the note
+    names the dispute).
+    """
+    KIND_DISPUTE_REVERSAL: LedgerEntry.Kind.ValueType  # 9
+    """Credits given back when the account won a dispute (positive; the note names the dispute)."""
 
     ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
