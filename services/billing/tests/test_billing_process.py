@@ -16,10 +16,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc
 from imagegen_cli.processes import imagegen_command
+from imagegen_testing.billing_callers import generate_secrets, metadata_for, secrets_env
 from imagegen_testing.net import free_port
 from imagegen_testing.processes import ServiceProcess, grpc_serving, http_ok
 
 pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
+CALLER_SECRETS = generate_secrets()
 
 
 @pytest.fixture
@@ -40,6 +43,7 @@ def billing_process(tmp_path: Path, admin_token: str) -> Iterator[ServiceProcess
             "IMAGEGEN_DATABASE_URL": "",
             "IMAGEGEN_ADMIN_TOKEN": admin_token,
             "IMAGEGEN_BILLING_SETTLEMENT_ENABLED": "false",
+            **secrets_env(CALLER_SECRETS),
         },
         log_dir=tmp_path,
     )
@@ -80,7 +84,9 @@ def test_a_billing_process_serves_the_admin_cli_and_stops_on_sigterm(billing_pro
     account = json.loads(created.stdout)
     with grpc.insecure_channel(address) as channel:
         reply = billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
-            pb.AuthenticateRequest(token=account["token"]), timeout=10
+            pb.AuthenticateRequest(token=account["token"]),
+            metadata=metadata_for("Authenticate", CALLER_SECRETS),
+            timeout=10,
         )
     assert (reply.account.id, reply.account.email, reply.account.credits) == (
         account["account_id"],

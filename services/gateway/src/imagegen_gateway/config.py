@@ -10,10 +10,18 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from imagegen_common.images import ImageStorageSettings
-from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings, split_host_port
+from imagegen_common.settings import (
+    BaseServiceSettings,
+    BillingCallerSettings,
+    NatsSettings,
+    PublicUrlSettings,
+    split_host_port,
+)
 
 
-class GatewaySettings(BaseServiceSettings, NatsSettings, PublicUrlSettings, ImageStorageSettings):
+class GatewaySettings(
+    BaseServiceSettings, NatsSettings, PublicUrlSettings, ImageStorageSettings, BillingCallerSettings
+):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")
     billing_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one gRPC call to billing.")
