@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from imagegen_gateway.api import account, files, images, mcp, models, ops
 from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.api.responses import install_error_handlers
+from imagegen_gateway.api.security_headers import SecurityHeaders
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
 from imagegen_gateway.state import open_gateway
@@ -53,6 +54,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(SecurityHeaders, public_base_url=settings.public_base_url)  # outermost: every answer
     return app
 
 
