@@ -177,7 +177,8 @@ def test_the_embedded_nats_admits_only_the_services_users(
             )
         except Exception:
             return False
-        await client.close()
+        finally:
+            await client.close()  # also after a refusal: nats-py leaves the socket open otherwise
         return True
 
     assert not asyncio.run(try_connect())
