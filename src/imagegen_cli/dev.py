@@ -187,13 +187,12 @@ class Stack:
             name, imagegen_command("generator"), ready, IMAGEGEN_GENERATOR_OPS_LISTEN=ops, **env
         )
 
-    def start_gateway(self, host: str, port: int, **env: str) -> ChildProcess:
+    def start_gateway(self, host: str, port: int, name: str = "gateway", **env: str) -> ChildProcess:
+        """A gateway replica (``name`` tells a second one apart) with the gateway's credentials."""
         ready = http_ok(f"http://127.0.0.1:{port}/readyz")
         listen = f"{host}:{port}"
         env = {**self._nats_env(Role.GATEWAY), **self.secrets.billing_env(), **env}
-        return self.start(
-            "gateway", imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=listen, **env
-        )
+        return self.start(name, imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=listen, **env)
 
     def dead_child(self) -> ChildProcess | None:
         return next((c for c in self.children if not c.alive()), None)
