@@ -148,8 +148,8 @@ def admin_token_problem(token: str) -> str | None:
 def caller_secret_problems(settings: BillingSettings) -> list[str]:
     """Identities billing will refuse because their secret is missing or too short."""
     return [
-        f"{secret_variable(caller)} is not set or shorter than {MIN_SECRET_CHARS} characters: "
-        f"every call of the {caller.value} identity is refused"
+        f"{secret_variable(caller)} is not set or shorter than {MIN_SECRET_CHARS} characters "
+        f"(every call of the {caller.value} identity would be refused)"
         for caller, accepted in settings.caller_secrets().items()
         if not accepted
     ]
