@@ -40,7 +40,6 @@ import httpx
 from gateway import Profiler  # bench/gateway.py: this script's directory is on sys.path
 
 from imagegen_cli.dev import port_or_free
-from imagegen_cli.processes import http_ok, imagegen_command
 from imagegen_testing import postgres
 from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.stack import RunningStack, start_stack
@@ -225,12 +224,7 @@ async def main_async(args: argparse.Namespace, database_url: str) -> None:
             urls = [stack.mcp_url]
             for i in range(1, args.gateways):
                 port = port_or_free(0)
-                stack.stack.start(
-                    f"gateway-{i}",
-                    imagegen_command("gateway"),
-                    http_ok(f"http://127.0.0.1:{port}/readyz"),
-                    IMAGEGEN_GATEWAY_LISTEN=f"127.0.0.1:{port}",
-                )
+                stack.stack.start_gateway("127.0.0.1", port, name=f"gateway-{i}")
                 urls.append(f"http://127.0.0.1:{port}/api/mcp")
             account = stack.create_account(credits=args.calls * 100)
             processes = processes_of(stack)

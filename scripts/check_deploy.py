@@ -40,7 +40,20 @@ OPERATIONS_DOC = ROOT / "docs/operations.md"
 
 SERVICES = ("billing", "generator", "gateway")
 #: Secrets that must come from the (uncommitted) env file and be required there.
-COMPOSE_SECRETS = ("IMAGEGEN_ADMIN_TOKEN", "POSTGRES_PASSWORD", "REPLICATE_API_TOKEN")
+COMPOSE_SECRETS = (
+    "IMAGEGEN_ADMIN_TOKEN",
+    "POSTGRES_PASSWORD",
+    "REPLICATE_API_TOKEN",
+    "IMAGEGEN_NATS_GATEWAY_PASSWORD",
+    "IMAGEGEN_NATS_GENERATOR_PASSWORD",
+    "IMAGEGEN_NATS_BILLING_PASSWORD",
+    "IMAGEGEN_BILLING_GATEWAY_SECRET",
+    "IMAGEGEN_BILLING_WEBHOOKS_SECRET",
+)
+#: The NATS user of each service (imagegen_common.nats_auth.Role) and the variable of its password.
+NATS_PASSWORDS = {s: f"IMAGEGEN_NATS_{s.upper()}_PASSWORD" for s in SERVICES}
+#: Which service holds which of billing's caller secrets (billing checks them, the gateway sends them).
+CALLER_SECRET_HOLDERS = {"billing", "gateway"}
 #: The Secret that production creates outside of git (docs/operations.md lists its keys).
 EXTERNAL_SECRET = "imagegen-secrets"
 #: Environment variable holding each service's shutdown drain time, in seconds.
@@ -380,7 +393,15 @@ def nats_server_test(text: str) -> str | None:
             capture_output=True,
             text=True,
             check=False,
-            env={**os.environ, "SERVER_NAME": "nats-0"},
+            # the passwords the authorization block references, as compose and Kubernetes give them
+            env={
+                **os.environ,
+                "SERVER_NAME": "nats-0",
+                **{
+                    variable: f"s{service}0123456789abcdefghij"
+                    for service, variable in NATS_PASSWORDS.items()
+                },
+            },
         )
     return None if result.returncode == 0 else (result.stderr or result.stdout).strip()
 
@@ -428,6 +449,59 @@ def nats_mount_problems(rendered: dict[str, list[Doc]]) -> list[str]:
     return problems
 
 
+def credential_problems(where: str, service: str, env: dict[str, str]) -> list[str]:
+    """A service's environment (values, or the Secret key they come from) holds its own NATS user and
+    password and no other's; only billing and the gateway hold billing's caller secrets; the NATS
+    server holds every password its authorization block references."""
+    problems: list[str] = []
+    if service == "nats":
+        missing = [v for v in NATS_PASSWORDS.values() if v not in env]
+        return [f"{where}: the NATS server lacks {', '.join(missing)}"] if missing else []
+    if env.get("IMAGEGEN_NATS_USER") != service:
+        problems.append(f"{where}: IMAGEGEN_NATS_USER is not {service}")
+    if NATS_PASSWORDS[service] not in env.get("IMAGEGEN_NATS_PASSWORD", ""):
+        problems.append(f"{where}: IMAGEGEN_NATS_PASSWORD does not come from {NATS_PASSWORDS[service]}")
+    others = [v for s, v in NATS_PASSWORDS.items() if s != service and any(v in x for x in env.values())]
+    problems += [f"{where}: holds another service's NATS password ({v})" for v in others]
+    callers = [k for k in env if k.startswith("IMAGEGEN_BILLING_") and "_SECRET" in k]
+    if service in CALLER_SECRET_HOLDERS:
+        for caller in ("GATEWAY", "WEBHOOKS"):
+            if f"IMAGEGEN_BILLING_{caller}_SECRET" not in env:
+                problems.append(f"{where}: lacks IMAGEGEN_BILLING_{caller}_SECRET")
+    elif callers:
+        problems.append(
+            f"{where}: holds billing's caller secrets ({', '.join(callers)}), which it never uses"
+        )
+    return problems
+
+
+def _k8s_env(container: Doc) -> dict[str, str]:
+    """A container's environment: literal values, or the Secret key a value comes from."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        env[item["name"]] = str(ref["key"]) if ref else str(item.get("value", ""))
+    return env
+
+
+def check_credentials(report: Report, rendered: dict[str, list[Doc]]) -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    problems: list[str] = []
+    for service in (*SERVICES, "nats"):
+        problems += credential_problems(f"compose {service}", service, _environment(compose[service]))
+    for overlay, docs in rendered.items():
+        index = _index(docs)
+        for service in (*SERVICES, "nats"):
+            kind = "StatefulSet" if service == "nats" else "Deployment"
+            doc = index.get((kind, service))
+            if doc is None:
+                problems.append(f"{overlay}: no {kind} {service}")
+                continue
+            env = _k8s_env(_pod_spec(doc)["containers"][0])
+            problems += credential_problems(f"{overlay} {service}", service, env)
+    report.check("least privilege: each service holds its own NATS password and no other's", problems)
+
+
 def check_nats(report: Report, rendered: dict[str, list[Doc]]) -> None:
     problems: list[str] = []
     sources: list[tuple[str, str]] = [
@@ -439,6 +513,21 @@ def check_nats(report: Report, rendered: dict[str, list[Doc]]) -> None:
                 for key, value in (doc.get("data") or {}).items():
                     if key.endswith(".conf") or "jetstream" in str(value):
                         sources.append((f"{overlay}: ConfigMap {doc['metadata']['name']}/{key}", str(value)))
+    expected_block = deploy_assets.authorization_block().strip() + "\n"
+    auth_problems: list[str] = []
+    for origin, text in sources:
+        section = deploy_assets.authorization_section(text)
+        if section is None:
+            auth_problems.append(f"{origin}: no authorization block (run `python scripts/deploy_assets.py`)")
+        elif section != expected_block:
+            auth_problems.append(
+                f"{origin}: the authorization block differs from imagegen_common.nats_auth.ROLES "
+                "(run `python scripts/deploy_assets.py`)"
+            )
+    report.check(
+        f"NATS: {len(sources)} configurations carry the users of nats_auth.ROLES (authorization_block())",
+        auth_problems,
+    )
     for origin, text in sources:
         problems += [f"{origin}: {p}" for p in nats_config_problems(text)]
         error = nats_server_test(text)
@@ -1062,6 +1151,7 @@ def main(argv: list[str] | None = None) -> int:
     check_compose(report)
     check_dockerfile(report)
     check_nats(report, rendered)
+    check_credentials(report, rendered)
     check_monitoring(report)
     for name, docs in rendered.items():
         check_overlay(report, name, docs)

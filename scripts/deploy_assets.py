@@ -1,7 +1,9 @@
-"""Generates the Kubernetes copy of the alert rules from the one that Prometheus reads.
+"""Generates the Kubernetes copy of the alert rules from the one that Prometheus reads, and the NATS
+authorization block of every shipped NATS config from ``imagegen_common.nats_auth``.
 
     python scripts/deploy_assets.py           rewrite deploy/k8s/components/monitoring/prometheusrule.yaml
-    python scripts/deploy_assets.py --check   fail when that file does not match the rules (deploy-check)
+                                              and the authorization block of deploy/nats/**/*.conf
+    python scripts/deploy_assets.py --check   fail when either is stale (deploy-check)
 
 The alert rules live in deploy/prometheus/rules/imagegen.rules.yml (a plain Prometheus rules file, which
 docker compose mounts); the Prometheus Operator wants them wrapped in a PrometheusRule, which kustomize
@@ -12,6 +14,7 @@ ConfigMap from the JSON file itself, see deploy/grafana/kustomization.yaml.)
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,15 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+NATS_CONFIGS = (Path("deploy/nats/nats.conf"), Path("deploy/nats/cluster/nats.conf"))
+AUTH_BEGIN = (
+    "# BEGIN authorization: generated from imagegen_common.nats_auth.ROLES by "
+    "`python scripts/deploy_assets.py`; do not edit.\n"
+    "# One user per service; the passwords come from the environment (compose: .env; Kubernetes: the\n"
+    "# Secret imagegen-secrets), the same variables the services' IMAGEGEN_NATS_PASSWORD is taken from.\n"
+)
+AUTH_END = "# END authorization\n"
+_AUTH_SECTION = re.compile(r"(?s)# BEGIN authorization[^\n]*\n.*?# END authorization\n?")
 RULES = Path("deploy/prometheus/rules/imagegen.rules.yml")
 PROMETHEUS_RULE = Path("deploy/k8s/components/monitoring/prometheusrule.yaml")
 
@@ -75,6 +87,43 @@ def stale(root: Path = ROOT) -> str | None:
     return None
 
 
+def authorization_block() -> str:
+    """The block every shipped NATS config carries (passwords as environment references)."""
+    from imagegen_common.nats_auth import authorization_block as block  # noqa: PLC0415
+
+    return block()
+
+
+def authorization_section(text: str) -> str | None:
+    """The generated authorization block of a NATS config (between the markers), or None."""
+    found = _AUTH_SECTION.search(text)
+    if not found:
+        return None
+    body = found.group(0).split("\n")
+    return "\n".join(line for line in body if not line.startswith("#")).strip() + "\n"
+
+
+def with_authorization(text: str) -> str:
+    """``text`` with its authorization section replaced by (or ended with) the current block."""
+    section = AUTH_BEGIN + authorization_block() + AUTH_END
+    if _AUTH_SECTION.search(text):
+        return _AUTH_SECTION.sub(lambda _: section, text)
+    return text.rstrip("\n") + "\n\n" + section
+
+
+def stale_nats(root: Path = ROOT) -> list[str]:
+    """The shipped NATS configs whose authorization block differs from ``nats_auth.ROLES``."""
+    expected = authorization_block().strip() + "\n"
+    problems = []
+    for path in NATS_CONFIGS:
+        section = authorization_section((root / path).read_text())
+        if section is None:
+            problems.append(f"{path} has no generated authorization block")
+        elif section != expected:
+            problems.append(f"{path}: the authorization block differs from imagegen_common.nats_auth.ROLES")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Generate the PrometheusRule from the Prometheus rules file."
@@ -82,14 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail when the generated file is stale")
     args = parser.parse_args(argv)
     if args.check:
-        problem = stale()
-        if problem:
+        problems = [p for p in (stale(), *stale_nats()) if p]
+        for problem in problems:
             sys.stderr.write(f"error: {problem}; run `python scripts/deploy_assets.py`\n")
+        if problems:
             return 1
-        sys.stdout.write(f"{PROMETHEUS_RULE} matches {RULES}\n")
+        sys.stdout.write(f"{PROMETHEUS_RULE} matches {RULES}; NATS configs match nats_auth.ROLES\n")
         return 0
     (ROOT / PROMETHEUS_RULE).write_text(render())
     sys.stdout.write(f"wrote {PROMETHEUS_RULE}\n")
+    for path in NATS_CONFIGS:
+        (ROOT / path).write_text(with_authorization((ROOT / path).read_text()))
+        sys.stdout.write(f"wrote the authorization block of {path}\n")
     return 0
 
 

@@ -1,8 +1,10 @@
 """`imagegen dev`: the whole stack on one machine, on embedded defaults.
 
-It starts, as child processes: an embedded nats-server with JetStream (unless IMAGEGEN_NATS_URL is
-set), billing on SQLite in the data dir, one generator and the gateway. On first start it creates an
-admin token and a demo account, kept in ``<data dir>/dev-state.json`` so that later starts reuse them.
+It starts, as child processes: an embedded nats-server with JetStream and NATS authorization (unless
+IMAGEGEN_NATS_URL is set), billing on SQLite in the data dir, one generator and the gateway. On first
+start it creates an admin token, the services' secrets (a NATS password per service, a billing
+secret per caller identity) and a demo account, kept in ``<data dir>/dev-state.json`` (0600, in a
+0700 directory) so that later starts reuse them. Each child gets only its own credentials.
 Once everything answers its readiness probe it prints how to connect and writes the ready file.
 """
 
@@ -14,7 +16,7 @@ import secrets
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -26,12 +28,43 @@ import typer
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen.portal.v1 import portal_service_pb2, portal_service_pb2_grpc
-from imagegen_cli.nats_embedded import embedded_nats_command
+from imagegen_cli.nats_embedded import embedded_nats_command, private_dir, write_private
 from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok, imagegen_command
+from imagegen_common.nats_auth import Role
+from imagegen_common.service_auth import Caller, caller_metadata, new_secret, secret_variable
 
 DEMO_EMAIL = "demo@imagegen.local"
 DEMO_CREDITS = 1000
 STATE_FILE = "dev-state.json"
+
+
+def _nats_passwords() -> dict[str, str]:
+    return {role.value: new_secret() for role in Role}
+
+
+def _billing_secrets() -> dict[str, str]:
+    return {caller.value: new_secret() for caller in Caller}
+
+
+@dataclass(frozen=True)
+class ServiceSecrets:
+    """The services' credentials: a NATS password per user (``nats_auth.ROLES``) and a billing secret
+    per caller identity (``service_auth.Caller``)."""
+
+    nats: dict[Role, str]
+    billing: dict[Caller, str]
+
+    @classmethod
+    def generate(cls) -> ServiceSecrets:
+        return cls({role: new_secret() for role in Role}, {caller: new_secret() for caller in Caller})
+
+    def nats_env(self, role: Role) -> dict[str, str]:
+        """One service's NATS user and password, and nobody else's."""
+        return {"IMAGEGEN_NATS_USER": role.value, "IMAGEGEN_NATS_PASSWORD": self.nats[role]}
+
+    def billing_env(self) -> dict[str, str]:
+        """The caller secrets, for billing (which checks them) and the gateway (which holds both)."""
+        return {secret_variable(caller): secret for caller, secret in self.billing.items()}
 
 
 @dataclass
@@ -41,16 +74,28 @@ class DevState:
     admin_token: str
     token: str = ""
     account_id: str = ""
+    nats_passwords: dict[str, str] = field(default_factory=_nats_passwords)
+    billing_secrets: dict[str, str] = field(default_factory=_billing_secrets)
 
     @classmethod
     def load_or_create(cls, path: Path) -> DevState:
         if path.exists():
-            return cls(**json.loads(path.read_text()))
+            state = cls(**json.loads(path.read_text()))
+            # a state file of an older version lacks some secrets: add them
+            state.nats_passwords = {**_nats_passwords(), **state.nats_passwords}
+            state.billing_secrets = {**_billing_secrets(), **state.billing_secrets}
+            return state
         return cls(admin_token="iga_" + secrets.token_urlsafe(32))
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
-        path.chmod(0o600)
+        write_private(path, json.dumps(asdict(self), indent=2))
+
+    @property
+    def service_secrets(self) -> ServiceSecrets:
+        return ServiceSecrets(
+            {role: self.nats_passwords[role.value] for role in Role},
+            {caller: self.billing_secrets[caller.value] for caller in Caller},
+        )
 
 
 def port_or_free(preferred: int, host: str = "127.0.0.1") -> int:
@@ -73,14 +118,28 @@ class Stack:
     """
 
     def __init__(
-        self, data: Path, env: dict[str, str], log_dir: Path | None = None, preferred_ports: bool = True
+        self,
+        data: Path,
+        env: dict[str, str],
+        log_dir: Path | None = None,
+        preferred_ports: bool = True,
+        *,
+        secrets: ServiceSecrets | None = None,
+        nats_auth: bool = False,
     ) -> None:
         self.data = data
         self.env = env
+        #: The services' credentials; each child is given its own.
+        self.secrets = secrets or ServiceSecrets.generate()
+        #: Whether the NATS server checks users (the embedded one does; a given IMAGEGEN_NATS_URL may not).
+        self.nats_auth = nats_auth
         self.log_dir = log_dir
         self.preferred_ports = preferred_ports
         self.children: list[ChildProcess] = []
         self.stopping = False
+
+    def _nats_env(self, role: Role) -> dict[str, str]:
+        return self.secrets.nats_env(role) if self.nats_auth else {}
 
     def start(self, name: str, command: list[str], ready: ReadyCheck, **env: str) -> ChildProcess:
         log_path = self.log_dir / f"{name}.log" if self.log_dir else None
@@ -101,7 +160,9 @@ class Stack:
         if not nats_url:
             port = self.port(4222)
             nats_url = f"nats://127.0.0.1:{port}"
-            self.start("nats", embedded_nats_command(port, self.data / "nats"), tcp_open(port))
+            command = embedded_nats_command(port, self.data / "nats", self.secrets.nats)
+            self.start("nats", command, tcp_open(port))
+            self.nats_auth = True
         self.env["IMAGEGEN_NATS_URL"] = nats_url
         return nats_url
 
@@ -115,22 +176,25 @@ class Stack:
             grpc_serving(address),
             IMAGEGEN_BILLING_LISTEN=address,
             IMAGEGEN_BILLING_OPS_LISTEN=ops,
+            **self._nats_env(Role.BILLING),
+            **self.secrets.billing_env(),
         )
         return address
 
     def start_generator(self, name: str = "generator", **env: str) -> ChildProcess:
         ops = f"127.0.0.1:{self.port(9102)}"
         ready = http_ok(f"http://{ops}/readyz")
+        env = {**self._nats_env(Role.GENERATOR), **env}
         return self.start(
             name, imagegen_command("generator"), ready, IMAGEGEN_GENERATOR_OPS_LISTEN=ops, **env
         )
 
-    def start_gateway(self, host: str, port: int, **env: str) -> ChildProcess:
+    def start_gateway(self, host: str, port: int, name: str = "gateway", **env: str) -> ChildProcess:
+        """A gateway replica (``name`` tells a second one apart) with the gateway's credentials."""
         ready = http_ok(f"http://127.0.0.1:{port}/readyz")
         listen = f"{host}:{port}"
-        return self.start(
-            "gateway", imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=listen, **env
-        )
+        env = {**self._nats_env(Role.GATEWAY), **self.secrets.billing_env(), **env}
+        return self.start(name, imagegen_command("gateway"), ready, IMAGEGEN_GATEWAY_LISTEN=listen, **env)
 
     def dead_child(self) -> ChildProcess | None:
         return next((c for c in self.children if not c.alive()), None)
@@ -143,11 +207,14 @@ class Stack:
 def ensure_demo_account(state: DevState, billing_address: str) -> None:
     """Creates the demo account on first start; on later ones checks that its token still works."""
     admin_auth = (("authorization", f"Bearer {state.admin_token}"),)
+    as_gateway = caller_metadata(Caller.GATEWAY, state.billing_secrets[Caller.GATEWAY.value])
     with grpc.insecure_channel(billing_address) as channel:
         if state.token:
             try:
                 billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
-                    billing_service_pb2.AuthenticateRequest(token=state.token), timeout=10
+                    billing_service_pb2.AuthenticateRequest(token=state.token),
+                    metadata=as_gateway,
+                    timeout=10,
                 )
                 return
             except grpc.RpcError as exc:
@@ -244,7 +311,10 @@ def dev(
 ) -> None:
     """Start the whole stack (NATS, billing, generator, gateway) with embedded defaults."""
     data = (data_dir or Path(os.environ.get("IMAGEGEN_DATA_DIR", ".imagegen"))).resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    # The data dir holds webhook secrets (billing.db) and every service's credentials: owner only,
+    # and so is whatever the children create in it.
+    os.umask(0o077)
+    private_dir(data)
     state_path = data / STATE_FILE
     state = DevState.load_or_create(state_path)
     state.save(state_path)
@@ -259,6 +329,7 @@ def dev(
             # Without SMTP, the portal's sign-in links are logged on this console.
             "IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE": os.environ.get("IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE", "true"),
         },
+        secrets=state.service_secrets,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

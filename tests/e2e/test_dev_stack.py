@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +14,13 @@ from typing import Any
 
 import grpc
 import httpx
+import nats.aio.client
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen_cli.processes import ChildProcess, grpc_serving, imagegen_command
+from imagegen_common.service_auth import Caller, caller_metadata
 from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
 
@@ -90,8 +94,10 @@ def test_the_admin_cli_creates_an_account_whose_token_works(
     assert {"account_id", "email", "credits", "token"} <= set(account)
     assert (account["email"], account["credits"]) == ("a@example.test", 50)
     with grpc.insecure_channel(ready["billing_address"]) as channel:
+        state = json.loads((Path(ready["data_dir"]) / "dev-state.json").read_text())
         who = billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
-            billing_service_pb2.AuthenticateRequest(token=account["token"])
+            billing_service_pb2.AuthenticateRequest(token=account["token"]),
+            metadata=caller_metadata(Caller.GATEWAY, state["billing_secrets"]["gateway"]),
         )
     assert who.account.id == account["account_id"]
     shown = admin(ready, "--json", "account", "show", "a@example.test")
@@ -139,3 +145,45 @@ def test_dev_runs_from_the_installed_entry_point() -> None:
         check=True,
     )
     assert "--ready-file" in completed.stdout
+
+
+def test_the_data_directory_and_its_secrets_are_the_owners_only(
+    dev_stack: tuple[ChildProcess, dict[str, Any], Path],
+) -> None:
+    _, ready, _ = dev_stack
+    data = Path(ready["data_dir"])
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for name in ("dev-state.json", "billing.db", "nats/nats-server.conf"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    for name in ("nats", "nats/jetstream"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o700, name
+    state = json.loads((data / "dev-state.json").read_text())
+    assert set(state["nats_passwords"]) == {"gateway", "generator", "billing"}
+    assert set(state["billing_secrets"]) == {"gateway", "webhooks"}
+
+
+def test_the_embedded_nats_admits_only_the_services_users(
+    dev_stack: tuple[ChildProcess, dict[str, Any], Path],
+) -> None:
+    _, ready, _ = dev_stack
+    passwords = json.loads((Path(ready["data_dir"]) / "dev-state.json").read_text())["nats_passwords"]
+
+    async def try_connect(user: str | None = None, password: str | None = None) -> bool:
+        client = nats.aio.client.Client()
+        try:
+            await client.connect(
+                ready["nats_url"],
+                user=user,
+                password=password,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+            )
+        except Exception:
+            return False
+        finally:
+            await client.close()  # also after a refusal: nats-py leaves the socket open otherwise
+        return True
+
+    assert not asyncio.run(try_connect())
+    assert not asyncio.run(try_connect(user="gateway", password="guessed-password-0123456789"))
+    assert asyncio.run(try_connect(user="generator", password=passwords["generator"]))

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from imagegen_cli.processes import http_ok, imagegen_command
 from imagegen_gateway.api.schemas import RateLimitedBody
 from imagegen_testing.net import free_port
 from imagegen_testing.stack import Account, RunningStack, start_stack
@@ -37,13 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 def gateways(stack: RunningStack) -> list[str]:
     """The base URLs of two gateway replicas of the stack (the second one is stopped with it)."""
     port = free_port()
-    stack.stack.start(
-        "gateway-2",
-        imagegen_command("gateway"),
-        http_ok(f"http://127.0.0.1:{port}/readyz"),
-        IMAGEGEN_GATEWAY_LISTEN=f"127.0.0.1:{port}",
-        **GATEWAY_ENV,
-    )
+    stack.stack.start_gateway("127.0.0.1", port, name="gateway-2", **GATEWAY_ENV)
     return [stack.gateway_url, f"http://127.0.0.1:{port}"]
 
 

@@ -23,6 +23,8 @@ from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from imagegen_cli.processes import imagegen_command
 from imagegen_common import nats_names
+from imagegen_common.nats_auth import Role
+from imagegen_common.service_auth import Caller
 from imagegen_gateway.api.schemas import Image, ImageResponse, ValidationErrorBody
 from imagegen_testing import eventually_blocking
 from imagegen_testing.net import free_port
@@ -82,7 +84,9 @@ def rotate_secret(stack: RunningStack, account: Account) -> str:
 def attempts(stack: RunningStack, image_id: str) -> list[tuple[int, int]]:
     with grpc.insecure_channel(stack.billing_address) as channel:
         reply = billing_service_pb2_grpc.BillingServiceStub(channel).ListWebhookAttempts(
-            billing_service_pb2.ListWebhookAttemptsRequest(job_id=image_id), timeout=10
+            billing_service_pb2.ListWebhookAttemptsRequest(job_id=image_id),
+            metadata=stack.billing_metadata(Caller.WEBHOOKS),
+            timeout=10,
         )
     return [(a.attempt, a.status_code) for a in reply.attempts]
 
@@ -146,7 +150,7 @@ def webhooks_consumer_idle(stack: RunningStack) -> bool:
     further attempt of the outcomes so far can come."""
 
     async def idle() -> bool:
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url, **stack.nats_credentials(Role.GATEWAY))
         try:
             info = await nc.jetstream().consumer_info(nats_names.EVENTS_STREAM, nats_names.WEBHOOKS_CONSUMER)
         finally:

@@ -14,6 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
+from pydantic import SecretStr
 
 from imagegen_common import nats_names
 from imagegen_common.messaging import (
@@ -23,6 +24,7 @@ from imagegen_common.messaging import (
     connect,
     retry_forever,
 )
+from imagegen_common.nats_auth import Role
 from imagegen_testing import eventually
 from imagegen_testing.nats_server import NatsServer
 
@@ -226,3 +228,39 @@ async def test_a_slot_puller_lets_handlers_in_flight_finish_within_the_drain_tim
         await eventually(nothing_held, timeout=5, what="nothing held")
     finally:
         await nc.close()
+
+
+async def test_a_service_connects_with_its_nats_user_and_its_password_is_never_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    passwords = {role: f"pw-{role.value}-{'x' * 24}" for role in Role}
+    caplog.set_level(logging.DEBUG, logger="imagegen_common.messaging")
+    with NatsServer(store_dir=tmp_path / "nats", passwords=passwords) as server:
+        nc = await connect(
+            server.url,
+            name=nats_names.BILLING_CLIENT,
+            user="billing",
+            password=SecretStr(passwords[Role.BILLING]),
+        )
+        await nc.close()
+        # A refused password is retried like an outage (a rotation may reach NATS later)…
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                connect(
+                    server.url,
+                    name="x",
+                    user="billing",
+                    password=passwords[Role.GATEWAY],
+                    reconnect_wait_seconds=0.05,
+                ),
+                timeout=1.0,
+            )
+    # …and neither password reaches a log line or its fields.
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "NATS unreachable" in logged
+    assert all(password not in logged for password in passwords.values())
+
+
+async def test_a_password_without_a_user_is_refused() -> None:
+    with pytest.raises(ValueError, match="without a user"):
+        await connect("nats://127.0.0.1:1", name="x", password="orphan")

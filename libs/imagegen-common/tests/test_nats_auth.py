@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from imagegen_common import nats_names as n
 from imagegen_common.ids import new_job_id
 from imagegen_common.images import NatsImageStore
 from imagegen_common.jetstream import ensure_key_value, ensure_stream
-from imagegen_common.nats_auth import ROLES, Role, authorization_block
+from imagegen_common.nats_auth import ROLES, Role, authorization_block, password_variable
 from imagegen_testing.net import free_port, wait_for_port
 
 PASSWORDS = {role: f"secret-{role.value}-0123456789" for role in Role}
@@ -225,3 +227,39 @@ async def test_a_service_cannot_listen_to_what_is_not_its_own(
     await client.subscribe(subject)
     await client.flush()
     assert "permissions violation" in (await violations.wait()).lower()
+
+
+async def test_the_shipped_block_takes_the_passwords_from_the_environment(tmp_path: Path) -> None:
+    """compose and Kubernetes ship the block with ``$IMAGEGEN_NATS_<ROLE>_PASSWORD`` references; the
+    server expands them from its environment, and each service connects with its own."""
+    port = free_port()
+    config = tmp_path / "nats.conf"
+    config.write_text(f"listen: 127.0.0.1:{port}\n" + authorization_block())
+    # Values as the docs say to make them: random, starting with a letter (a value that looks like a
+    # number or starts with "-" is not read as a string by nats-server).
+    passwords = {role: "s" + secrets.token_hex(24) for role in Role}
+    env = {**os.environ, **{password_variable(role): passwords[role] for role in Role}}
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen([nats_server_binary(), "-c", str(config)], stdout=log, stderr=log, env=env)
+    try:
+        wait_for_port("127.0.0.1", port, 15)
+        for role in Role:
+            client = await nats.connect(
+                f"nats://127.0.0.1:{port}", user=role.value, password=passwords[role], allow_reconnect=False
+            )
+            await client.close()
+        wrong = Client()
+        try:
+            with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+                await wrong.connect(
+                    f"nats://127.0.0.1:{port}",
+                    user="billing",
+                    password=passwords[Role.GATEWAY],
+                    allow_reconnect=False,
+                    max_reconnect_attempts=0,
+                )
+        finally:
+            await wrong.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -8,8 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
+import nats
+import nats.aio.client
+import nats.errors
 import pytest
 
+from imagegen_common.nats_auth import Role
 from imagegen_testing.nats_server import NatsServer
 
 
@@ -38,3 +42,21 @@ def test_a_server_that_never_listens_is_ended_when_its_start_fails(tmp_path: Pat
     finally:
         for pid in processes_running(mute):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_with_passwords_the_server_admits_only_the_services_users(tmp_path: Path) -> None:
+    passwords = {role: f"pw-{role.value}-0123456789abcdef" for role in Role}
+    with NatsServer(store_dir=tmp_path / "nats", passwords=passwords) as server:
+        anonymous = nats.aio.client.Client()
+        try:
+            with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+                await anonymous.connect(server.url, allow_reconnect=False, max_reconnect_attempts=0)
+        finally:
+            await anonymous.close()
+        client = await nats.connect(server.url, allow_reconnect=False, **server.credentials(Role.BILLING))
+        await client.close()
+        # stop and start keep the users (a fault test brings the same server back)
+        server.stop()
+        server.start()
+        client = await nats.connect(server.url, allow_reconnect=False, **server.credentials(Role.GATEWAY))
+        await client.close()

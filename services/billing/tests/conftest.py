@@ -24,11 +24,15 @@ from imagegen_billing.db import Database
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.models import accounts, ledger_entries, reservations
 from imagegen_billing.server import BillingServer
+from imagegen_common.service_auth import Caller
+from imagegen_testing.billing_callers import AsServices, generate_secrets, secrets_settings
 from imagegen_testing.net import free_port
 
 SettingsFactory = Callable[..., BillingSettings]
 ServerFactory = Callable[[BillingSettings], Awaitable[BillingServer]]
 ConsistencyCheck = Callable[[Database], Awaitable[None]]
+#: Service credentials of every billing server of these tests (billing refuses calls without them).
+CALLER_SECRETS = generate_secrets()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -115,6 +119,7 @@ def make_settings() -> SettingsFactory:
             "billing_settlement_enabled": False,
             "billing_shutdown_grace_seconds": 2.0,
             "log_format": "text",
+            **secrets_settings(CALLER_SECRETS),
             **overrides,
         }
         return BillingSettings(**values)
@@ -148,8 +153,17 @@ async def billing_server(
 
 @pytest.fixture
 async def channel(billing_server: BillingServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(billing_server.settings.billing_listen) as channel:
+    """A channel that calls as the services do: each method with the identity that may call it."""
+    async with grpc.aio.insecure_channel(
+        billing_server.settings.billing_listen, interceptors=AsServices.channel_list(CALLER_SECRETS)
+    ) as channel:
         yield channel
+
+
+@pytest.fixture
+def caller_secrets() -> dict[Caller, str]:
+    """The service credentials the test servers accept."""
+    return CALLER_SECRETS
 
 
 @pytest.fixture

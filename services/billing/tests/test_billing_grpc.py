@@ -23,7 +23,9 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
 from imagegen_common import rpc_errors
 from imagegen_common.catalog import load_catalog
+from imagegen_common.service_auth import Caller
 from imagegen_testing import eventually
+from imagegen_testing.billing_callers import AsServices
 
 if TYPE_CHECKING:  # the async stub classes exist only in the type stubs
     BillingStub = billing_service_pb2_grpc.BillingServiceAsyncStub
@@ -351,10 +353,13 @@ async def test_concurrent_reservations_over_grpc_never_overdraw(
     database_url: str,
     make_settings: Callable[..., BillingSettings],
     start_billing: Callable[[BillingSettings], Awaitable[BillingServer]],
+    caller_secrets: dict[Caller, str],
 ) -> None:
     server = await start_billing(make_settings(database_url))
     metadata = [("authorization", f"Bearer {server.settings.admin_token.get_secret_value()}")]
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with grpc.aio.insecure_channel(
+        server.settings.billing_listen, interceptors=AsServices.channel_list(caller_secrets)
+    ) as channel:
         billing_stub: BillingStub = billing_service_pb2_grpc.BillingServiceStub(channel)
         admin_stub: AdminStub = admin_service_pb2_grpc.AdminServiceStub(channel)
         account_id = (await create_account(admin_stub, metadata, 1000)).account.id
@@ -382,10 +387,13 @@ async def test_the_reaper_releases_what_nobody_settled(
     sqlite_url: str,
     make_settings: Callable[..., BillingSettings],
     start_billing: Callable[[BillingSettings], Awaitable[BillingServer]],
+    caller_secrets: dict[Caller, str],
 ) -> None:
     server = await start_billing(make_settings(sqlite_url, billing_reaper_interval_seconds=0.05))
     metadata = [("authorization", f"Bearer {server.settings.admin_token.get_secret_value()}")]
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with grpc.aio.insecure_channel(
+        server.settings.billing_listen, interceptors=AsServices.channel_list(caller_secrets)
+    ) as channel:
         billing_stub: BillingStub = billing_service_pb2_grpc.BillingServiceStub(channel)
         admin_stub: AdminStub = admin_service_pb2_grpc.AdminServiceStub(channel)
         account_id = (await create_account(admin_stub, metadata, 10)).account.id

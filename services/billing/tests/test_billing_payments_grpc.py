@@ -17,6 +17,7 @@ from imagegen.payments.v1 import payments_service_pb2_grpc
 from imagegen_billing.admin_cli import app as admin_app
 from imagegen_billing.config import BillingSettings
 from imagegen_billing.server import BillingServer
+from imagegen_testing.billing_callers import service_channel
 
 ServerFactory = Callable[[BillingSettings], Awaitable[BillingServer]]
 
@@ -122,7 +123,7 @@ async def test_a_packs_file_replaces_the_built_in_one(
         '[[packs]]\nid = "tiny"\nname = "Tiny"\ncredits = 10\nprice = { amount = 99, currency = "eur" }\n'
     )
     server: BillingServer = await start_billing(make_settings(sqlite_url, credit_packs_path=packs))
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with service_channel(server.settings) as channel:
         reply = await payments_service_pb2_grpc.PaymentsServiceStub(channel).ListCreditPacks(
             pb.ListCreditPacksRequest()
         )

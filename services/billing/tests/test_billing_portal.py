@@ -23,6 +23,7 @@ from imagegen_billing.models import login_links, sessions
 from imagegen_billing.people import SignupPolicy, SignupRules, safe_next_path
 from imagegen_billing.server import BillingServer
 from imagegen_billing.store import now
+from imagegen_testing.billing_callers import service_channel
 
 if TYPE_CHECKING:
     PortalStub = portal_service_pb2_grpc.PortalServiceAsyncStub
@@ -65,7 +66,7 @@ async def stubs(
 ) -> AsyncIterator[Stubs]:
     overrides = getattr(request, "param", {})
     server = await start_billing(make_settings(database_url, **overrides))
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with service_channel(server.settings) as channel:
         yield Stubs(server, channel)
 
 

@@ -7,13 +7,13 @@ import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
 from typer.testing import CliRunner
 
 from imagegen.portal.v1 import portal_service_pb2 as pb
 from imagegen.portal.v1 import portal_service_pb2_grpc
 from imagegen_billing.admin_cli import app as admin_app
 from imagegen_billing.server import BillingServer
+from imagegen_testing.billing_callers import service_channel
 
 
 async def run_json(server: BillingServer, *args: str) -> Any:
@@ -44,7 +44,7 @@ async def test_login_link_signs_in_once_and_set_role_makes_an_admin(billing_serv
     token = parse_qs(url.query)["token"][0]
     role = await run_json(billing_server, "account", "set-role", "ada@example.test", "admin")
     assert role["role"] == "admin"
-    async with grpc.aio.insecure_channel(billing_server.settings.billing_listen) as channel:
+    async with service_channel(billing_server.settings) as channel:
         portal = portal_service_pb2_grpc.PortalServiceStub(channel)
         done = await portal.CompleteEmailSignIn(pb.CompleteEmailSignInRequest(link_token=token))
         assert done.session.account.role == pb.ROLE_ADMIN

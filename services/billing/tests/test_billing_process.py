@@ -16,10 +16,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc
 from imagegen_cli.processes import imagegen_command
+from imagegen_common.service_auth import Caller
+from imagegen_testing.billing_callers import generate_secrets, metadata_for, secrets_env
 from imagegen_testing.net import free_port
 from imagegen_testing.processes import ServiceProcess, grpc_serving, http_ok
 
 pytestmark = pytest.mark.slow  # starts service processes: `-m "not slow"` skips it
+
+CALLER_SECRETS = generate_secrets()
 
 
 @pytest.fixture
@@ -40,6 +44,7 @@ def billing_process(tmp_path: Path, admin_token: str) -> Iterator[ServiceProcess
             "IMAGEGEN_DATABASE_URL": "",
             "IMAGEGEN_ADMIN_TOKEN": admin_token,
             "IMAGEGEN_BILLING_SETTLEMENT_ENABLED": "false",
+            **secrets_env(CALLER_SECRETS),
         },
         log_dir=tmp_path,
     )
@@ -80,7 +85,9 @@ def test_a_billing_process_serves_the_admin_cli_and_stops_on_sigterm(billing_pro
     account = json.loads(created.stdout)
     with grpc.insecure_channel(address) as channel:
         reply = billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
-            pb.AuthenticateRequest(token=account["token"]), timeout=10
+            pb.AuthenticateRequest(token=account["token"]),
+            metadata=metadata_for("Authenticate", CALLER_SECRETS),
+            timeout=10,
         )
     assert (reply.account.id, reply.account.email, reply.account.credits) == (
         account["account_id"],
@@ -116,6 +123,7 @@ def test_billing_refuses_to_start_without_a_real_admin_token(tmp_path: Path) -> 
             "IMAGEGEN_ADMIN_TOKEN": "changeme",
             "IMAGEGEN_DATA_DIR": str(tmp_path / "data"),
             "IMAGEGEN_LOG_FORMAT": "json",
+            **secrets_env(CALLER_SECRETS),
         },
         capture_output=True,
         text=True,
@@ -126,3 +134,27 @@ def test_billing_refuses_to_start_without_a_real_admin_token(tmp_path: Path) -> 
     [line] = result.stderr.strip().splitlines()
     assert json.loads(line)["message"].startswith("refusing to start: IMAGEGEN_ADMIN_TOKEN is a placeholder")
     assert not (tmp_path / "data").exists()
+
+
+def test_billing_refuses_to_start_without_its_callers_secrets(tmp_path: Path) -> None:
+    """Without them every BillingService call would be refused: better a clear exit at start-up."""
+    result = subprocess.run(
+        imagegen_command("billing"),
+        env={
+            **ServiceProcess("billing", [], {}, tmp_path).env,
+            "IMAGEGEN_ADMIN_TOKEN": secrets.token_urlsafe(32),
+            "IMAGEGEN_DATA_DIR": str(tmp_path / "data"),
+            "IMAGEGEN_LOG_FORMAT": "json",
+            "IMAGEGEN_BILLING_GATEWAY_SECRET": CALLER_SECRETS[Caller.GATEWAY],
+            "IMAGEGEN_BILLING_WEBHOOKS_SECRET": "changethis",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    message = json.loads(line)["message"]
+    assert message.startswith("refusing to start: IMAGEGEN_BILLING_WEBHOOKS_SECRET is not set or shorter")
+    assert CALLER_SECRETS[Caller.GATEWAY] not in result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
 import nats
 import pytest
 from nats.aio.client import Client
@@ -20,6 +19,7 @@ from imagegen_billing.revocations import RevocationPublisher
 from imagegen_billing.server import BillingServer
 from imagegen_common import nats_names
 from imagegen_common.revocations import Revocation
+from imagegen_testing.billing_callers import service_channel
 from imagegen_testing.nats_server import NatsServer
 
 SettingsFactory = Callable[..., BillingSettings]
@@ -49,7 +49,7 @@ async def test_a_revoked_token_is_broadcast_before_the_call_returns(
     heard = await nc.subscribe(nats_names.REVOCATIONS_SUBJECT)
     await nc.flush()
 
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with service_channel(server.settings) as channel:
         admin = admin_service_pb2_grpc.AdminServiceStub(channel)
         metadata = [("authorization", f"Bearer {server.settings.admin_token.get_secret_value()}")]
         await admin.RevokeToken(admin_pb.RevokeTokenRequest(token_id=token.id), metadata=metadata)
@@ -87,7 +87,7 @@ async def test_the_portal_broadcasts_a_token_it_revokes_and_an_account_it_disabl
     await nc.flush()
     operator = [("authorization", f"Bearer {server.settings.admin_token.get_secret_value()}")]
 
-    async with grpc.aio.insecure_channel(server.settings.billing_listen) as channel:
+    async with service_channel(server.settings) as channel:
         portal = portal_service_pb2_grpc.PortalServiceStub(channel)
 
         async def session_of(email: str) -> str:

@@ -11,12 +11,14 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_common import rpc_errors
 from imagegen_common.rpc_errors import ErrorReason, FieldViolation
+from imagegen_common.service_auth import Caller
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.domain import (
     ErrorCode,
@@ -198,3 +200,26 @@ async def test_an_unreachable_billing_is_unavailable() -> None:
             await client.authenticate("igk_x")
     finally:
         await client.close()
+
+
+async def test_every_call_carries_the_identity_and_its_secret() -> None:
+    seen: list[dict[str, str]] = []
+
+    class Recording(Billing):
+        async def ListModels(self, request: Any, context: Any) -> pb.ListModelsResponse:  # noqa: N802
+            seen.append(dict(context.invocation_metadata()))
+            return pb.ListModelsResponse()
+
+    server = grpc.aio.server()
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(Recording(), server)  # type: ignore[abstract]
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    client = BillingClient(f"127.0.0.1:{port}", 5.0, Caller.WEBHOOKS, SecretStr("s3cret-of-the-dispatcher"))
+    try:
+        await client.list_models()
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+    assert seen[0]["imagegen-caller"] == "webhooks"
+    assert seen[0]["imagegen-caller-secret"] == "s3cret-of-the-dispatcher"

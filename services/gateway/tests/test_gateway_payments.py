@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -31,6 +30,7 @@ from imagegen_gateway.payments.routes import PaymentsContext
 from imagegen_gateway.portal import install_portal
 from imagegen_gateway.portal.context import PortalContext
 from imagegen_testing import postgres
+from imagegen_testing.billing_callers import generate_secrets, secrets_settings, service_channel
 from imagegen_testing.fake_stripe import DEFAULT_WEBHOOK_SECRET, FakeStripe, event, sign
 from imagegen_testing.net import free_port
 
@@ -56,7 +56,7 @@ class Shop:
 
     async def admin(self, method: str, request: Any) -> Any:
         token = self.billing.settings.admin_token.get_secret_value()
-        async with grpc.aio.insecure_channel(self.billing.settings.billing_listen) as channel:
+        async with service_channel(self.billing.settings) as channel:
             stub = admin_service_pb2_grpc.AdminServiceStub(channel)
             return await getattr(stub, method)(request, metadata=[("authorization", f"Bearer {token}")])
 
@@ -110,6 +110,10 @@ def csrf_of(page: httpx.Response) -> str:
     return found.group(1)
 
 
+#: The gateway's identity at billing, shared by the test's billing and gateway settings.
+CALLERS = generate_secrets()
+
+
 def _billing_settings(database_url: str) -> BillingSettings:
     return BillingSettings(
         billing_listen=f"127.0.0.1:{free_port()}",
@@ -118,6 +122,7 @@ def _billing_settings(database_url: str) -> BillingSettings:
         admin_token="test-admin-" + secrets.token_urlsafe(24),
         billing_settlement_enabled=False,
         log_format="text",
+        **secrets_settings(CALLERS),
     )
 
 
@@ -125,7 +130,10 @@ async def _shop(database_url: str, fake: FakeStripe, **stripe_settings: Any) -> 
     billing = BillingServer(_billing_settings(database_url))
     await billing.start()
     settings = GatewaySettings(
-        billing_address=billing.settings.billing_listen, public_base_url=BASE, **stripe_settings
+        billing_address=billing.settings.billing_listen,
+        public_base_url=BASE,
+        **secrets_settings(CALLERS),
+        **stripe_settings,
     )
     app = FastAPI()
     install_payments(app, settings)

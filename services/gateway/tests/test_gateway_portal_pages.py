@@ -23,6 +23,7 @@ from imagegen_gateway.payments import install_payments
 from imagegen_gateway.portal import install_portal
 from imagegen_gateway.portal.context import PortalContext
 from imagegen_gateway.portal.security import CSRF_COOKIE, SESSION_COOKIE
+from imagegen_testing.billing_callers import generate_secrets, secrets_settings, service_channel
 from imagegen_testing.net import free_port
 
 CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
@@ -39,12 +40,11 @@ class Portal:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.base_url)
 
     async def create_account(self, email: str) -> None:
-        import grpc
 
         from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 
         token = self.billing.settings.admin_token.get_secret_value()
-        async with grpc.aio.insecure_channel(self.billing.settings.billing_listen) as channel:
+        async with service_channel(self.billing.settings) as channel:
             await admin_service_pb2_grpc.AdminServiceStub(channel).CreateAccount(
                 admin_service_pb2.CreateAccountRequest(email=email, credits=100),
                 metadata=[("authorization", f"Bearer {token}")],
@@ -53,6 +53,7 @@ class Portal:
 
 @pytest.fixture(params=["http://portal.test", "https://portal.test"])
 async def portal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Portal]:
+    callers = generate_secrets()  # the gateway's identity at billing
     billing = BillingServer(
         BillingSettings(
             billing_listen=f"127.0.0.1:{free_port()}",
@@ -61,10 +62,15 @@ async def portal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             admin_token="test-admin-" + secrets.token_urlsafe(24),
             billing_settlement_enabled=False,
             log_format="text",
+            **secrets_settings(callers),
         )
     )
     await billing.start()
-    settings = GatewaySettings(billing_address=billing.settings.billing_listen, public_base_url=request.param)
+    settings = GatewaySettings(
+        billing_address=billing.settings.billing_listen,
+        **secrets_settings(callers),
+        public_base_url=request.param,
+    )
     app = FastAPI()
     install_payments(app, settings)  # the Buy credits page (issue 13)
     install_portal(app, settings)
@@ -192,7 +198,7 @@ async def test_tokens_are_shown_once_revoked_and_private_to_their_account(portal
         assert revoked.status_code == 200 and "is revoked" in revoked.text
         import grpc
 
-        async with grpc.aio.insecure_channel(portal.billing.settings.billing_listen) as channel:
+        async with service_channel(portal.billing.settings) as channel:
             with pytest.raises(grpc.aio.AioRpcError):
                 await billing_service_pb2_grpc.BillingServiceStub(channel).Authenticate(
                     billing_pb.AuthenticateRequest(token=secret.group(1))
@@ -222,7 +228,6 @@ async def test_signed_out_pages_send_to_sign_in_and_back(portal: Portal) -> None
 
 
 async def test_admin_pages_need_the_role_and_act_on_other_accounts(portal: Portal) -> None:
-    import grpc
 
     from imagegen.portal.v1 import portal_service_pb2, portal_service_pb2_grpc
 
@@ -233,7 +238,7 @@ async def test_admin_pages_need_the_role_and_act_on_other_accounts(portal: Porta
         await sign_in(portal, bob, "bob@example.test")
         assert (await root.get("/admin")).status_code == 403
         token = portal.billing.settings.admin_token.get_secret_value()
-        async with grpc.aio.insecure_channel(portal.billing.settings.billing_listen) as channel:
+        async with service_channel(portal.billing.settings) as channel:
             await portal_service_pb2_grpc.PortalServiceStub(channel).SetAccountRole(
                 portal_service_pb2.SetAccountRoleRequest(
                     account="root@example.test", role=portal_service_pb2.ROLE_ADMIN

@@ -28,6 +28,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from imagegen_common.settings import server_list
@@ -136,6 +137,8 @@ async def connect(
     name: str,
     connect_timeout_seconds: float = 5.0,
     reconnect_wait_seconds: float = 2.0,
+    user: str = "",
+    password: SecretStr | str = "",
 ) -> Client:
     """Connects a service to NATS and keeps it connected.
 
@@ -144,6 +147,10 @@ async def connect(
     Returns only once connected: a missing server is retried forever, as is a lost connection
     later, every ``reconnect_wait_seconds``, with one log line per outage. Close it with
     ``drain()`` (finishes subscriptions) or ``close()``.
+
+    ``user`` and ``password`` are the service's NATS credentials (``IMAGEGEN_NATS_USER``,
+    ``IMAGEGEN_NATS_PASSWORD``; the users of ``nats_auth.ROLES``). They go into the CONNECT message
+    only: never into the server URL, never into a log line.
     """
     urls = server_list(servers) if isinstance(servers, str) else [s for s in servers if s]
     if not urls:
@@ -159,10 +166,20 @@ async def connect(
         error_cb=outages.on_error,
         disconnected_cb=outages.on_disconnected,
         reconnected_cb=outages.on_connected,
+        **_credentials(user, password),
     )
     outages.client = nc
     await outages.on_connected()  # a start-up that waited for NATS says that it is over
     return nc
+
+
+def _credentials(user: str, password: SecretStr | str) -> dict[str, str]:
+    secret = password.get_secret_value() if isinstance(password, SecretStr) else password
+    if not user:
+        if secret:
+            raise ValueError("a NATS password without a user")
+        return {}
+    return {"user": user, "password": secret}
 
 
 class SlotPuller:

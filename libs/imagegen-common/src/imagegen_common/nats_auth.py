@@ -48,10 +48,12 @@ def _kv_read(bucket: str) -> tuple[str, ...]:
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
-        # watching keys (the gateway lists live generators) is an ordered consumer of the bucket
+        # watching keys (the gateway lists live generators) is an ordered consumer of the bucket,
+        # whose state nats-py asks for when its heartbeats stop (found by the e2e tests with auth on)
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
     )
 
 
@@ -79,6 +81,7 @@ _OBJECT_READ = (
     f"$JS.API.CONSUMER.CREATE.{_OBJECTS}",
     f"$JS.API.CONSUMER.CREATE.{_OBJECTS}.>",
     f"$JS.API.CONSUMER.DELETE.{_OBJECTS}.>",
+    f"$JS.API.CONSUMER.INFO.{_OBJECTS}.>",
     # an object is read through an ordered consumer, whose flow control the reader answers
     f"$JS.FC.{_OBJECTS}.>",
 )

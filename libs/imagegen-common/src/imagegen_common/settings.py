@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagegen_common.logging import LogFormat
@@ -54,6 +54,16 @@ class NatsSettings(BaseSettings):
     nats_connect_timeout_seconds: float = Field(
         5.0, gt=0, description="Timeout of one NATS connection attempt."
     )
+    nats_user: str = Field(
+        "",
+        description=(
+            "This service's NATS user (`gateway`, `generator` or `billing`: the users of the shipped "
+            "NATS configs); empty connects without credentials."
+        ),
+    )
+    nats_password: SecretStr = Field(
+        SecretStr(""), description="Password of `IMAGEGEN_NATS_USER` (never logged, never in a URL)."
+    )
 
 
 class PublicUrlSettings(BaseSettings):
@@ -62,4 +72,26 @@ class PublicUrlSettings(BaseSettings):
     public_base_url: str = Field(
         "http://127.0.0.1:8000",
         description="Base of the URLs handed to clients (images are at `{public_base_url}/images/…`).",
+    )
+
+
+class BillingCallerSettings(BaseSettings):
+    """The service credentials billing's callers present (``imagegen_common.service_auth``): the
+    gateway holds both, billing checks them."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    billing_gateway_secret: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Secret of the `gateway` identity at billing (authentication, reservations, accounts): "
+            "at least 24 random characters, the same value in billing and the gateway."
+        ),
+    )
+    billing_webhooks_secret: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Secret of the `webhooks` identity at billing (the webhook dispatcher: signing secrets, "
+            "delivery attempts): at least 24 random characters, the same value in billing and the gateway."
+        ),
     )

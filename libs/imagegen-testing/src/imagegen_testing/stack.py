@@ -1,5 +1,9 @@
 """The whole imagegen stack as real processes for end-to-end tests: NATS, billing, generators and
-the gateway, started with the same code as ``imagegen dev``, each process logging to a file."""
+the gateway, started with the same code as ``imagegen dev``, each process logging to a file.
+
+Like every shipped deployment, NATS runs with authorization (a user per service, ``nats_auth.ROLES``)
+and billing checks its callers' service credentials: every end-to-end test proves that each service's
+permissions suffice for its work."""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import grpc
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import resources_pb2
-from imagegen_cli.dev import Stack, port_or_free
+from imagegen_cli.dev import ServiceSecrets, Stack, port_or_free
+from imagegen_common.nats_auth import Role
+from imagegen_common.service_auth import Caller, caller_metadata
 from imagegen_testing.nats_server import NatsServer
 from imagegen_testing.polling import eventually_blocking
 
@@ -46,6 +52,18 @@ class RunningStack:
     @property
     def nats_url(self) -> str:
         return self.nats.url
+
+    @property
+    def secrets(self) -> ServiceSecrets:
+        return self.stack.secrets
+
+    def nats_credentials(self, role: Role) -> dict[str, str]:
+        """``user=``/``password=`` for ``nats.connect``: a test looks at NATS as that service."""
+        return self.nats.credentials(role)
+
+    def billing_metadata(self, caller: Caller = Caller.GATEWAY) -> tuple[tuple[str, str], ...]:
+        """Metadata of a BillingService call made as one of billing's callers."""
+        return caller_metadata(caller, self.secrets.billing[caller])
 
     def _admin(self, channel: grpc.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
         return admin_service_pb2_grpc.AdminServiceStub(channel)
@@ -101,8 +119,13 @@ class RunningStack:
         self.generators.append(name)
 
     def stop(self) -> None:
+        """Stops every process; fails when NATS refused a service anything meanwhile (each service's
+        permissions in ``nats_auth.ROLES`` must suffice for its work)."""
         self.stack.stop()
+        violations = self.nats.permission_violations()
         self.nats.close()
+        if violations:
+            raise AssertionError("NATS refused a service:\n" + "\n".join(violations[:20]))
 
 
 def start_stack(
@@ -116,7 +139,8 @@ def start_stack(
     data = tmp_path / "data"
     log_dir = tmp_path / "logs"
     data.mkdir(parents=True, exist_ok=True)
-    nats = NatsServer(store_dir=data / "nats").start()
+    service_secrets = ServiceSecrets.generate()
+    nats = NatsServer(store_dir=data / "nats", passwords=service_secrets.nats).start()
     admin_token = "iga_" + secrets.token_urlsafe(32)
     gateway_port = port_or_free(0)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -132,6 +156,8 @@ def start_stack(
         },
         log_dir=log_dir,
         preferred_ports=False,
+        secrets=service_secrets,
+        nats_auth=True,
     )
     try:
         billing_address = stack.start_billing()

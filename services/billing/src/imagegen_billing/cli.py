@@ -8,7 +8,7 @@ import logging
 import typer
 from pydantic import ValidationError
 
-from imagegen_billing.config import BillingSettings, admin_token_problem
+from imagegen_billing.config import BillingSettings, admin_token_problem, caller_secret_problems
 from imagegen_common.logging import configure_logging
 from imagegen_common.tracing import setup_tracing
 
@@ -40,9 +40,12 @@ def main(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     settings = _settings()
-    problem = admin_token_problem(settings.admin_token.get_secret_value())
-    if problem:
+    problems = [admin_token_problem(settings.admin_token.get_secret_value())]
+    # Without its callers' secrets billing would refuse every BillingService call: say so at once.
+    problems += caller_secret_problems(settings)
+    for problem in filter(None, problems):
         log.error("refusing to start: %s; generate one with: %s", problem, _TOKEN_RECIPE)
+    if any(problems):
         raise typer.Exit(EXIT_CONFIG)
     # Imported here: the root `imagegen` command loads this module for every sub-command (`imagegen
     # admin …` too), and the server's dependencies (SQLAlchemy, Alembic, nats-py) take seconds.

@@ -7,14 +7,20 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 
 from imagegen_billing.portal_config import PortalSettings
-from imagegen_common.settings import BaseServiceSettings, NatsSettings, split_host_port
+from imagegen_common.service_auth import MIN_SECRET_CHARS, Caller, secret_variable
+from imagegen_common.settings import (
+    BaseServiceSettings,
+    BillingCallerSettings,
+    NatsSettings,
+    split_host_port,
+)
 
 #: The shortest admin token billing accepts.
 ADMIN_TOKEN_MIN_CHARS = 24
 _PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "placeholder", "example", "replace", "secret")
 
 
-class BillingSettings(BaseServiceSettings, NatsSettings, PortalSettings):  # PortalSettings: the portal
+class BillingSettings(BaseServiceSettings, NatsSettings, BillingCallerSettings, PortalSettings):
     billing_listen: str = Field("127.0.0.1:50051", description="gRPC listen address of billing (host:port).")
     billing_ops_listen: str = Field(
         "127.0.0.1:9101", description="Operations HTTP address of billing: `/metrics`, `/healthz`, `/readyz`."
@@ -69,6 +75,36 @@ class BillingSettings(BaseServiceSettings, NatsSettings, PortalSettings):  # Por
         10.0, ge=0, description="On SIGTERM, how long RPCs in flight may take to finish."
     )
 
+    billing_gateway_secret_previous: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "A second secret billing accepts for the `gateway` identity while its secret is rotated "
+            "(the old one); empty otherwise."
+        ),
+    )
+    billing_webhooks_secret_previous: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "A second secret billing accepts for the `webhooks` identity while its secret is rotated "
+            "(the old one); empty otherwise."
+        ),
+    )
+
+    def caller_secrets(self) -> dict[Caller, tuple[str, ...]]:
+        """The secrets billing accepts per identity: current and, during a rotation, previous. A
+        secret shorter than ``MIN_SECRET_CHARS`` (empty: not configured) is left out, so that identity
+        is refused."""
+        pairs = {
+            Caller.GATEWAY: (self.billing_gateway_secret, self.billing_gateway_secret_previous),
+            Caller.WEBHOOKS: (self.billing_webhooks_secret, self.billing_webhooks_secret_previous),
+        }
+        return {
+            caller: tuple(
+                s.get_secret_value() for s in secrets if len(s.get_secret_value()) >= MIN_SECRET_CHARS
+            )
+            for caller, secrets in pairs.items()
+        }
+
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
@@ -111,3 +147,13 @@ def admin_token_problem(token: str) -> str | None:
             f"IMAGEGEN_ADMIN_TOKEN is too short ({len(token)} characters, at least {ADMIN_TOKEN_MIN_CHARS})"
         )
     return None
+
+
+def caller_secret_problems(settings: BillingSettings) -> list[str]:
+    """Identities billing will refuse because their secret is missing or too short."""
+    return [
+        f"{secret_variable(caller)} is not set or shorter than {MIN_SECRET_CHARS} characters "
+        f"(every call of the {caller.value} identity would be refused)"
+        for caller, accepted in settings.caller_secrets().items()
+        if not accepted
+    ]

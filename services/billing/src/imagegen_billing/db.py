@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def is_sqlite(url: str | URL) -> bool:
 def create_engine(url: str, pool_size: int = 10, timeout_seconds: float = 10.0) -> AsyncEngine:
     """An async engine for a SQLAlchemy URL (``sqlite+aiosqlite`` or ``postgresql+asyncpg``).
 
-    A SQLite file's directory is created when missing.
+    A SQLite file is created for its owner only (``private_sqlite_file``), with its directory when
+    missing.
     """
     parsed = make_url(url)
     if is_sqlite(parsed):
@@ -46,9 +48,25 @@ def create_engine(url: str, pool_size: int = 10, timeout_seconds: float = 10.0) 
     )
 
 
+def private_sqlite_file(path: Path) -> None:
+    """Creates the database file (and a missing directory) for its owner only: 0600 (0700), as it holds
+    webhook signing secrets and token hashes. SQLite gives its WAL and shared-memory files the mode of
+    the database file, so they follow. An existing file is narrowed to 0600 too."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if companion.exists():
+            companion.chmod(0o600)
+
+
 def _sqlite_engine(url: URL, pool_size: int, timeout_seconds: float) -> AsyncEngine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        private_sqlite_file(Path(url.database))
     # No overflow: a connection past the pool would be opened (a thread, four PRAGMAs) and closed
     # again for every burst, and SQLite serialises the writers anyway.
     engine = create_async_engine(

@@ -49,6 +49,8 @@ class ErrorReason(enum.Enum):
     INVALID_ARGUMENT = enum.auto()
     ALREADY_EXISTS = enum.auto()
     TOKEN_NOT_FOUND = enum.auto()
+    CALLER_UNAUTHENTICATED = enum.auto()
+    CALLER_NOT_PERMITTED = enum.auto()
 
 
 class BillingError(Exception):

@@ -1,11 +1,12 @@
-"""Server interceptors: metrics, logs and error mapping of every RPC, and the admin token check."""
+"""Server interceptors: metrics, logs and error mapping of every RPC, the admin token check, and the
+service credentials and per-method permissions of every other call (``CALLER_METHODS``)."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -23,6 +24,7 @@ from imagegen_billing.domain import (
 )
 from imagegen_common import rpc_errors
 from imagegen_common.catalog import CatalogError, UnknownModelError
+from imagegen_common.service_auth import CALLER_KEY, SECRET_KEY, Caller
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +174,159 @@ class AdminAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 presented = value.encode() if isinstance(value, str) else value
                 return hmac.compare_digest(presented, self._expected)
         return False
+
+
+BILLING_SERVICE = "imagegen.billing.v1.BillingService"
+#: Services anyone who reaches the port may call: probes (kubelet, compose, the gateway's readiness)
+#: and reflection (it describes the API, which is public in this repository; it reveals no data).
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
+
+
+PORTAL_SERVICE = "imagegen.portal.v1.PortalService"
+PAYMENTS_SERVICE = "imagegen.payments.v1.PaymentsService"
+
+
+def _methods(service: str, *methods: str) -> frozenset[str]:
+    return frozenset(f"/{service}/{method}" for method in methods)
+
+
+def _billing(*methods: str) -> frozenset[str]:
+    return _methods(BILLING_SERVICE, *methods)
+
+
+#: The portal's operator calls (the admin CLI's `account login-link`, `account set-role`): guarded by
+#: the admin token, which the servicer checks itself, like AdminService; no service identity needed.
+OPERATOR_METHODS = _methods(PORTAL_SERVICE, "CreateLoginLink", "SetAccountRole")
+
+
+#: Which identity may call which method. Deny by default: a method (or a whole service, such as a new
+#: PortalService) that is not listed here is refused with PERMISSION_DENIED to every identity, so a
+#: new RPC is closed until someone decides who needs it. AdminService is not listed: its admin token
+#: guards it (AdminAuthInterceptor).
+CALLER_METHODS: Mapping[Caller, frozenset[str]] = {
+    # The gateway's API: bearer tokens, the catalog and prices, reservations of its jobs and their
+    # status, the account page. Not the webhook signing secrets.
+    Caller.GATEWAY: _billing(
+        "Authenticate",
+        "ListModels",
+        "Quote",
+        "Reserve",
+        "ReserveBatch",
+        "Release",
+        "SettleJob",
+        "GetReservation",
+        "ListReservations",
+        "GetAccount",
+    )
+    # The account portal's pages, for the person of a session (billing checks the session and, for
+    # the Admin… calls, its admin role).
+    | _methods(
+        PORTAL_SERVICE,
+        "StartEmailSignIn",
+        "CompleteEmailSignIn",
+        "CompleteOidcSignIn",
+        "GetSession",
+        "EndSession",
+        "ListTokens",
+        "CreateToken",
+        "RevokeToken",
+        "ListLedgerEntries",
+        "ListImages",
+        "GetImage",
+        "AdminSearchAccounts",
+        "AdminGetAccount",
+        "AdminGrantCredits",
+        "AdminRevokeToken",
+        "AdminSetAccountDisabled",
+    )
+    # Buying credits: checkout sessions and Stripe's (signature-checked) webhook events.
+    | _methods(
+        PAYMENTS_SERVICE,
+        "ListCreditPacks",
+        "RecordCheckoutSession",
+        "FulfillCheckoutSession",
+        "ClosePurchase",
+        "RecordRefund",
+        "RecordDispute",
+        "GetPurchase",
+    ),
+    # The webhook dispatcher: finds and settles the job of an outcome, signs with the account's secret,
+    # records each attempt (and may read them back). The only identity that reads signing secrets.
+    Caller.WEBHOOKS: _billing(
+        "GetReservation", "SettleJob", "GetWebhookSettings", "RecordWebhookAttempt", "ListWebhookAttempts"
+    ),
+}
+
+
+def _metadata(details: grpc.HandlerCallDetails, key: str) -> bytes | None:
+    for name, value in details.invocation_metadata or ():
+        if name == key:
+            return value.encode() if isinstance(value, str) else value
+    return None
+
+
+class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates the calling service (``imagegen-caller`` and ``imagegen-caller-secret``, compared in
+    constant time with each secret accepted for that identity: two during a rotation) and authorises it
+    per method (``CALLER_METHODS``). Refusals are UNAUTHENTICATED (``CALLER_UNAUTHENTICATED``) or
+    PERMISSION_DENIED (``CALLER_NOT_PERMITTED``) with an ErrorInfo. Health and reflection stay open;
+    AdminService is the admin token's."""
+
+    def __init__(
+        self,
+        secrets: Mapping[Caller, Sequence[str]],
+        methods: Mapping[Caller, frozenset[str]] = CALLER_METHODS,
+    ) -> None:
+        self._secrets = {
+            caller: tuple(s.encode() for s in accepted if s) for caller, accepted in secrets.items()
+        }
+        self._methods = methods
+
+    # grpc-stubs leave out the None that grpc passes along for a method no servicer has.
+    async def intercept_service(  # type: ignore[override]
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        service, _ = _split(method)
+        if (
+            handler is None
+            or service in OPEN_SERVICES
+            or service == ADMIN_SERVICE
+            or method in OPERATOR_METHODS
+        ):
+            return handler
+        caller = self._authenticate(handler_call_details)
+        if caller is None:
+            status = rpc_errors.to_status(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid service credentials",
+                _REASONS[ErrorReason.CALLER_UNAUTHENTICATED],
+            )
+        elif method in self._methods.get(caller, frozenset()):
+            return handler
+        else:
+            status = rpc_errors.to_status(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the {caller.value} identity may not call this method",
+                _REASONS[ErrorReason.CALLER_NOT_PERMITTED],
+                {"caller": caller.value, "method": method},
+            )
+            log.warning("call refused", extra={"caller": caller.value, "method": method})
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
+
+        return _wrap(handler, refuse)
+
+    def _authenticate(self, details: grpc.HandlerCallDetails) -> Caller | None:
+        name, presented = _metadata(details, CALLER_KEY), _metadata(details, SECRET_KEY)
+        if name is None or presented is None:
+            return None
+        try:
+            caller = Caller(name.decode())
+        except (UnicodeDecodeError, ValueError):
+            return None
+        # Every accepted secret is compared (no early exit), each in constant time.
+        matches = [hmac.compare_digest(presented, accepted) for accepted in self._secrets.get(caller, ())]
+        return caller if any(matches) else None

@@ -21,9 +21,9 @@ from imagegen.portal.v1 import portal_service_pb2_grpc  # portal
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.admin_servicer import AdminServicer
-from imagegen_billing.config import BillingSettings
+from imagegen_billing.config import BillingSettings, caller_secret_problems
 from imagegen_billing.db import Database
-from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
+from imagegen_billing.interceptors import AdminAuthInterceptor, CallerAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
 from imagegen_billing.payments_servicer import PAYMENTS_SERVICE, make_payments_servicer  # payments
 from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
@@ -67,6 +67,8 @@ class BillingServer:
                 stream_replicas=settings.nats_stream_replicas,
                 connect_timeout_seconds=settings.nats_connect_timeout_seconds,
                 graceful_timeout_seconds=settings.billing_shutdown_grace_seconds,
+                nats_user=settings.nats_user,
+                nats_password=settings.nats_password,
             )
             if settings.billing_settlement_enabled
             else None
@@ -82,10 +84,13 @@ class BillingServer:
         if self.settings.database_auto_migrate:
             await migrate.upgrade_async(self.database_url)
         catalog = load_catalog(self.settings.catalog_path)
+        for problem in caller_secret_problems(self.settings):
+            log.warning(problem)
         server = grpc.aio.server(
             interceptors=[
                 ObservingInterceptor(),
                 AdminAuthInterceptor(self.settings.admin_token.get_secret_value()),
+                CallerAuthInterceptor(self.settings.caller_secrets()),
             ],
             # gRPC binds with SO_REUSEPORT by default: a second billing on the same port would start
             # "fine" and take half the calls. A taken port must be an error instead.

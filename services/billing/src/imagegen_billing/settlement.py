@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import SecretStr
 
 from imagegen.jobs.v1 import jobs_pb2
 from imagegen_billing import convert, metrics
@@ -112,8 +113,12 @@ class SettlementConsumer:
         *,
         concurrency: int = SETTLEMENT_CONCURRENCY,
         backoff: Backoff = HANDLER_BACKOFF,
+        nats_user: str = "",
+        nats_password: SecretStr | str = "",
     ) -> None:
         self.ledger = ledger
+        self._nats_user = nats_user
+        self._nats_password = nats_password
         self.stream_replicas = stream_replicas
         self.started = asyncio.Event()
         self._nats_url = nats_url
@@ -182,6 +187,8 @@ class SettlementConsumer:
             self._nats_url,
             name=nats_names.BILLING_CLIENT,
             connect_timeout_seconds=self._connect_timeout_seconds,
+            user=self._nats_user,
+            password=self._nats_password,
         )
         js = connection.jetstream()
 

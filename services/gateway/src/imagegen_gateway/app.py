@@ -14,6 +14,7 @@ from imagegen_common import tracing
 from imagegen_gateway.api import account, files, images, mcp, models, ops
 from imagegen_gateway.api.limits import RestBodyLimit
 from imagegen_gateway.api.responses import install_error_handlers
+from imagegen_gateway.api.security_headers import SecurityHeaders
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
 from imagegen_gateway.payments import install_payments
@@ -61,6 +62,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     tracing.instrument_asgi_app(app)  # no-ops unless setup_tracing turned tracing on
     tracing.instrument_grpc_client()  # before the lifespan opens the channel to billing
+    app.add_middleware(SecurityHeaders, public_base_url=settings.public_base_url)  # outermost: every answer
     return app
 
 

@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import SecretStr
 
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc, resources_pb2
 from imagegen_common import rpc_errors, timestamps
 from imagegen_common.rpc_errors import ErrorReason, RpcError
+from imagegen_common.service_auth import Caller, CallerCredentials
 from imagegen_gateway import wire
 from imagegen_gateway.authentication import Principal
 from imagegen_gateway.domain import (
@@ -117,8 +119,14 @@ def translate(error: RpcError) -> GatewayError:
 
 
 class BillingClient:
-    def __init__(self, address: str, timeout: float) -> None:
+    """Billing's API as one service identity: ``caller`` and its ``secret`` go with every call (one
+    client interceptor, ``service_auth.CallerCredentials``); billing refuses a call without them."""
+
+    def __init__(
+        self, address: str, timeout: float, caller: Caller | None = None, secret: SecretStr | str = ""
+    ) -> None:
         self.timeout = timeout
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         self.channel = grpc.aio.insecure_channel(
             address,
             options=[
@@ -130,6 +138,8 @@ class BillingClient:
                 ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                 ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
             ],
+            # grpc-stubs want a cast: their interceptor type is a placeholder
+            interceptors=cast("Any", [CallerCredentials(caller, value)]) if caller is not None else None,
         )
         self.stub = billing_service_pb2_grpc.BillingServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)

@@ -10,9 +10,15 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from imagegen_common.images import ImageStorageSettings
-from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings, split_host_port
-from imagegen_gateway.payments.settings import StripeGatewaySettings  # payments (issue 13)
-from imagegen_gateway.portal.settings import PortalGatewaySettings  # portal (issue 11)
+from imagegen_common.settings import (
+    BaseServiceSettings,
+    BillingCallerSettings,
+    NatsSettings,
+    PublicUrlSettings,
+    split_host_port,
+)
+from imagegen_gateway.payments.settings import StripeGatewaySettings
+from imagegen_gateway.portal.settings import PortalGatewaySettings
 
 
 class GatewaySettings(
@@ -20,8 +26,9 @@ class GatewaySettings(
     NatsSettings,
     PublicUrlSettings,
     ImageStorageSettings,
-    PortalGatewaySettings,  # portal
-    StripeGatewaySettings,  # payments
+    BillingCallerSettings,
+    PortalGatewaySettings,
+    StripeGatewaySettings,
 ):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")

@@ -14,6 +14,7 @@ from imagegen_common.images import ImageStore, open_image_store
 from imagegen_common.jetstream import ensure_key_value
 from imagegen_common.messaging import connect
 from imagegen_common.safe_fetch import FetchPolicy, SafeFetcher
+from imagegen_common.service_auth import Caller
 from imagegen_gateway.authentication import Authenticator, listen_for_revocations
 from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.catalog import ModelCatalog
@@ -50,6 +51,8 @@ class Gateway:
     idempotency: IdempotencyKeys
     webhook_targets: WebhookTargets
     webhooks: WebhookDispatcher
+    #: Billing as the `webhooks` identity: the one that may read webhook settings (signing secrets).
+    webhook_billing: BillingClient
 
 
 async def _connect_nats(settings: GatewaySettings) -> NATS:
@@ -59,12 +62,26 @@ async def _connect_nats(settings: GatewaySettings) -> NATS:
         name=nats_names.GATEWAY_CLIENT,
         connect_timeout_seconds=settings.nats_connect_timeout_seconds,
         reconnect_wait_seconds=1.0,
+        user=settings.nats_user,
+        password=settings.nats_password,
     )
 
 
 @contextlib.asynccontextmanager
 async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator[Gateway]:
-    billing = BillingClient(settings.billing_address, settings.billing_timeout_seconds)
+    billing = BillingClient(
+        settings.billing_address,
+        settings.billing_timeout_seconds,
+        Caller.GATEWAY,
+        settings.billing_gateway_secret,
+    )
+    # The webhook dispatcher is billing's `webhooks` identity: the only one that reads signing secrets.
+    webhook_billing = BillingClient(
+        settings.billing_address,
+        settings.billing_timeout_seconds,
+        Caller.WEBHOOKS,
+        settings.billing_webhooks_secret,
+    )
     nc = await _connect_nats(settings)
     try:
         bus = JobBus(nc, settings.nats_stream_replicas)
@@ -101,7 +118,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         sender = WebhookSender(webhook_fetcher(settings), settings.webhook_timeout_seconds)
         webhooks = WebhookDispatcher(
             js,
-            billing,
+            webhook_billing,
             sender,
             retry_delays=settings.webhook_retry_delays_seconds,
             concurrency=settings.webhook_concurrency,
@@ -126,8 +143,9 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
                     mcp,
                     rate_limiter=rate_limiter,
                     idempotency=idempotency,
-                    webhook_targets=WebhookTargets(billing, sender, settings.auth_cache_seconds),
+                    webhook_targets=WebhookTargets(webhook_billing, sender, settings.auth_cache_seconds),
                     webhooks=webhooks,
+                    webhook_billing=webhook_billing,
                 )
         finally:
             await webhooks.stop()
@@ -136,6 +154,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         with contextlib.suppress(Exception):
             await nc.drain()
         await billing.close()
+        await webhook_billing.close()
 
 
 def webhook_fetcher(settings: GatewaySettings) -> SafeFetcher:

@@ -115,6 +115,8 @@ async def running_generator(
         settings.nats_url,
         name=nats_names.GENERATOR_CLIENT,
         connect_timeout_seconds=settings.nats_connect_timeout_seconds,
+        user=settings.nats_user,
+        password=settings.nats_password,
     )
     events = NatsJobEvents(nc, known_models=frozenset(catalog.models))
     consumer_ref: list[JobConsumer] = []

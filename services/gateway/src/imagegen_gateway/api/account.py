@@ -25,5 +25,5 @@ router = APIRouter(prefix="/api", tags=["account"], route_class=ApiRoute)
 )
 async def get_account(gateway: GatewayDep, principal: Caller) -> AccountResponse:
     reply = await gateway.billing.account(principal.account_id)
-    webhook = await gateway.billing.webhook_settings(principal.account_id)
+    webhook = await gateway.webhook_billing.webhook_settings(principal.account_id)
     return AccountResponse(success=True, account=presentation.account(reply, webhook))

@@ -25,7 +25,11 @@ def install_payments(app: FastAPI, settings: GatewaySettings) -> None:
     """Adds ``/api/credit-packs``, the portal's Buy credits pages and ``/webhooks/stripe``."""
     secret_key = settings.stripe_secret_key.get_secret_value()
     app.state.payments = routes.PaymentsContext(
-        client=PaymentsClient(settings.billing_address, settings.billing_timeout_seconds),
+        client=PaymentsClient(
+            settings.billing_address,
+            settings.billing_timeout_seconds,
+            settings.billing_gateway_secret.get_secret_value(),
+        ),
         stripe=StripeCheckout(secret_key, settings.stripe_api_base, settings.stripe_timeout_seconds)
         if secret_key
         else None,

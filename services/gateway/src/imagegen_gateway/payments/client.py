@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 
 from imagegen.payments.v1 import payments_service_pb2_grpc
+from imagegen_common.service_auth import Caller, CallerCredentials
 
 if TYPE_CHECKING:
     PaymentsStub = payments_service_pb2_grpc.PaymentsServiceAsyncStub
@@ -16,16 +17,21 @@ T = TypeVar("T")
 
 
 class PaymentsClient:
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, secret: str = "") -> None:
         self.address = address
         self.timeout = timeout
+        #: The gateway's identity at billing (``service_auth``), sent with every call.
+        self._credentials = CallerCredentials(Caller.GATEWAY, secret)
         self._channel: grpc.aio.Channel | None = None
         self._stub: PaymentsStub | None = None
 
     @property
     def stub(self) -> PaymentsStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            # grpc-stubs want a cast: their interceptor type is a placeholder
+            self._channel = grpc.aio.insecure_channel(
+                self.address, interceptors=cast("Any", [self._credentials])
+            )
             self._stub = payments_service_pb2_grpc.PaymentsServiceStub(self._channel)
         return self._stub
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 
 from imagegen.portal.v1 import portal_service_pb2 as pb
 from imagegen.portal.v1 import portal_service_pb2_grpc
+from imagegen_common.service_auth import Caller, CallerCredentials
 
 if TYPE_CHECKING:
     PortalStub = portal_service_pb2_grpc.PortalServiceAsyncStub
@@ -61,9 +62,11 @@ _ERRORS: dict[grpc.StatusCode, type[PortalError]] = {
 class PortalClient:
     """One gRPC channel to billing, opened on first use (inside the server's event loop)."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, secret: str = "") -> None:
         self.address = address
         self.timeout = timeout
+        #: The gateway's identity at billing (``service_auth``), sent with every call.
+        self._credentials = CallerCredentials(Caller.GATEWAY, secret)
         self._channel: grpc.aio.Channel | None = None
         self._stub: PortalStub | None = None
         self._lock = asyncio.Lock()
@@ -71,7 +74,10 @@ class PortalClient:
     @property
     def stub(self) -> PortalStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            # grpc-stubs want a cast: their interceptor type is a placeholder
+            self._channel = grpc.aio.insecure_channel(
+                self.address, interceptors=cast("Any", [self._credentials])
+            )
             self._stub = portal_service_pb2_grpc.PortalServiceStub(self._channel)
         return self._stub
 

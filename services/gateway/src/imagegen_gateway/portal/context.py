@@ -36,7 +36,11 @@ class PortalContext:
     def build(cls, settings: GatewaySettings) -> PortalContext:
         return cls(
             settings=settings,
-            client=PortalClient(settings.billing_address, settings.billing_timeout_seconds),
+            client=PortalClient(
+                settings.billing_address,
+                settings.billing_timeout_seconds,
+                settings.billing_gateway_secret.get_secret_value(),
+            ),
             mailer=Mailer(settings),
             cookies=security.CookiePolicy.for_public_url(settings.public_base_url),
             oidc=OidcProvider(

@@ -80,6 +80,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS: the thing to create exists already (an account's email)."""
     ERROR_REASON_TOKEN_NOT_FOUND: _ErrorReason.ValueType  # 10
     """NOT_FOUND: no such API token."""
+    ERROR_REASON_CALLER_UNAUTHENTICATED: _ErrorReason.ValueType  # 11
+    """UNAUTHENTICATED: the calling service presented no service credentials, or unknown ones
+    (metadata "imagegen-caller" and "imagegen-caller-secret"). Not about a user's API token.
+    """
+    ERROR_REASON_CALLER_NOT_PERMITTED: _ErrorReason.ValueType  # 12
+    """PERMISSION_DENIED: the calling service is known but may not call this method.
+    Metadata: "caller" (the service identity), "method" (the full method name).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The `domain` of every google.rpc.ErrorInfo billing sends.
@@ -112,6 +120,14 @@ ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 9
 """ALREADY_EXISTS: the thing to create exists already (an account's email)."""
 ERROR_REASON_TOKEN_NOT_FOUND: ErrorReason.ValueType  # 10
 """NOT_FOUND: no such API token."""
+ERROR_REASON_CALLER_UNAUTHENTICATED: ErrorReason.ValueType  # 11
+"""UNAUTHENTICATED: the calling service presented no service credentials, or unknown ones
+(metadata "imagegen-caller" and "imagegen-caller-secret"). Not about a user's API token.
+"""
+ERROR_REASON_CALLER_NOT_PERMITTED: ErrorReason.ValueType  # 12
+"""PERMISSION_DENIED: the calling service is known but may not call this method.
+Metadata: "caller" (the service identity), "method" (the full method name).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
