@@ -16,7 +16,7 @@ import httpx
 
 from imagegen.billing.v1.resources_pb2 import LedgerEntry
 from imagegen_cli.dev import port_or_free
-from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok, imagegen_command
+from imagegen_cli.processes import ChildProcess, ReadyCheck, grpc_serving, http_ok
 from imagegen_gateway.generation import idempotent_job_id
 from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.polling import eventually
@@ -164,12 +164,7 @@ def add_gateway(stack: RunningStack, name: str) -> str:
     """Another gateway replica on a port of its own; returns its base URL."""
     port = port_or_free(0)
     url = f"http://127.0.0.1:{port}"
-    stack.stack.start(
-        name,
-        imagegen_command("gateway"),
-        http_ok(f"{url}/readyz"),
-        IMAGEGEN_GATEWAY_LISTEN=f"127.0.0.1:{port}",
-    )
+    stack.stack.start_gateway("127.0.0.1", port, name=name)  # with the gateway's credentials
     return url
 
 
