@@ -27,7 +27,12 @@ from imagegen_common.catalog import CatalogError, UnknownModelError
 log = logging.getLogger(__name__)
 
 ADMIN_SERVICE = "imagegen.admin.v1.AdminService"
-_OUR_SERVICES = ("imagegen.billing.v1.BillingService", ADMIN_SERVICE, "imagegen.portal.v1.PortalService")
+_OUR_SERVICES = (
+    "imagegen.billing.v1.BillingService",
+    ADMIN_SERVICE,
+    "imagegen.portal.v1.PortalService",
+    "imagegen.oauth.v1.OAuthService",  # oauth
+)
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
     Handler = grpc.RpcMethodHandler[Any, Any]

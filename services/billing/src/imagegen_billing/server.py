@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen.oauth.v1 import oauth_service_pb2_grpc  # oauth
 from imagegen.portal.v1 import portal_service_pb2_grpc  # portal
 from imagegen_billing import migrate
 from imagegen_billing.accounts import Accounts
@@ -24,6 +25,7 @@ from imagegen_billing.config import BillingSettings
 from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.oauth_servicer import OAUTH_SERVICE, make_oauth_servicer  # oauth
 from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
 from imagegen_billing.reaper import run_reaper
 from imagegen_billing.servicer import BillingServicer
@@ -90,8 +92,13 @@ class BillingServer:
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.accounts, self.ledger, self.webhooks), server
         )
-        portal_service_pb2_grpc.add_PortalServiceServicer_to_server(  # portal
-            make_portal_servicer(self.settings, self.db, self.accounts, self.ledger), server
+        portal_servicer = make_portal_servicer(self.settings, self.db, self.accounts, self.ledger)  # portal
+        portal_service_pb2_grpc.add_PortalServiceServicer_to_server(portal_servicer, server)  # portal
+        oauth_service_pb2_grpc.add_OAuthServiceServicer_to_server(  # oauth
+            make_oauth_servicer(
+                self.db, portal_servicer.portal, self.settings.admin_token.get_secret_value()
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -99,12 +106,19 @@ class BillingServer:
                 BILLING_SERVICE,
                 ADMIN_SERVICE,
                 PORTAL_SERVICE,  # portal
+                OAUTH_SERVICE,  # oauth
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
             server,
         )
-        for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
+        for service in (
+            "",
+            BILLING_SERVICE,
+            ADMIN_SERVICE,
+            PORTAL_SERVICE,
+            OAUTH_SERVICE,
+        ):  # PORTAL_SERVICE: portal; OAUTH_SERVICE: oauth
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = server.add_insecure_port(self.settings.billing_listen)
         if not self.port:
@@ -139,7 +153,13 @@ class BillingServer:
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
+                for service in (
+                    "",
+                    BILLING_SERVICE,
+                    ADMIN_SERVICE,
+                    PORTAL_SERVICE,
+                    OAUTH_SERVICE,
+                ):  # PORTAL_SERVICE: portal; OAUTH_SERVICE: oauth
                     await self.health.set(service, status)
                 log.log(
                     logging.INFO if ok else logging.WARNING,
