@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from imagegen_billing import people
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -38,6 +39,7 @@ CLIENT_SECRET_PREFIX = "igcs_"
 CLIENT_ID_PREFIX = "igcl"
 SECRET_BYTES = 32
 MAX_SECRET_CHARS = 256
+MAX_CLIENT_ID_CHARS = 2048
 CODE_LIFE = timedelta(minutes=5)
 ACCESS_LIFE = timedelta(hours=1)
 REFRESH_LIFE = timedelta(days=30)
@@ -168,22 +170,35 @@ class OAuthStore:
     # Clients
 
     async def register_client(
-        self, kind: ClientKind, client_id: str, client_name: str, metadata_json: str, confidential: bool
+        self,
+        kind: ClientKind,
+        client_id: str,
+        client_name: str,
+        metadata_json: str,
+        *,
+        confidential: bool = False,
+        secret_hash: str = "",
     ) -> tuple[Client, str]:
-        """Stores a client; the answer's second part is its secret (empty for a public client)."""
+        """Stores a client; the answer's second part is a secret billing made (else empty)."""
+        replace = False
         if kind is ClientKind.METADATA_DOCUMENT:
-            if not client_id.startswith("https://") and not client_id.startswith("http://"):
+            if not client_id.startswith(("https://", "http://")) or len(client_id) > MAX_CLIENT_ID_CHARS:
                 raise InvalidArgumentError("a metadata document's client_id is its URL", "client_id")
-            confidential = False
+            confidential, secret_hash, replace = False, "", True
+        elif kind is ClientKind.DYNAMIC and client_id:
+            if len(client_id) > MAX_SECRET_CHARS or client_id.startswith(("https://", "http://")):
+                raise InvalidArgumentError("a client_id of a registered client is not a URL", "client_id")
         else:
             client_id = random_id(CLIENT_ID_PREFIX)
-        secret = _secret(CLIENT_SECRET_PREFIX) if confidential else ""
+        secret = _secret(CLIENT_SECRET_PREFIX) if confidential and not secret_hash else ""
+        if len(secret_hash) not in (0, 64):
+            raise InvalidArgumentError("client_secret_sha256 is a hex SHA-256", "client_secret_sha256")
         at = now()
         values = {
             "kind": kind.value,
             "client_name": client_name.strip()[:255] or "Unnamed app",
             "metadata_json": metadata_json,
-            "secret_hash": _hash(secret) if secret else None,
+            "secret_hash": (_hash(secret) if secret else secret_hash) or None,
             "update_time": at,
         }
         async with self.db.write() as conn:
@@ -192,10 +207,12 @@ class OAuthStore:
             ).first()
             if existing is None:
                 await conn.execute(insert(oauth_clients).values(id=client_id, create_time=at, **values))
-            else:
+            elif replace:
                 await conn.execute(
                     update(oauth_clients).where(oauth_clients.c.id == client_id).values(**values)
                 )
+            else:
+                raise AlreadyExistsError("that client_id is taken")
             row = (await conn.execute(select(oauth_clients).where(oauth_clients.c.id == client_id))).one()
         return _client_of(row), secret
 

@@ -84,6 +84,7 @@ class OAuthServicer(oauth_service_pb2_grpc.OAuthServiceServicer):
             request.client_name,
             request.metadata_json,
             confidential=request.confidential or kind is ClientKind.OPERATOR,
+            secret_hash=request.client_secret_sha256 if kind is ClientKind.DYNAMIC else "",
         )
         log.info("oauth client registered", extra={"client_kind": kind.value})
         return pb.RegisterClientResponse(client=client_message(client), client_secret=secret)

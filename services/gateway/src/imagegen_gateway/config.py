@@ -11,6 +11,7 @@ from pydantic_settings import NoDecode
 
 from imagegen_common.images import ImageStorageSettings
 from imagegen_common.settings import BaseServiceSettings, NatsSettings, PublicUrlSettings, split_host_port
+from imagegen_gateway.oauth.settings import OAuthGatewaySettings  # oauth (issue 12)
 from imagegen_gateway.portal.settings import PortalGatewaySettings  # portal (issue 11)
 
 
@@ -20,6 +21,7 @@ class GatewaySettings(
     PublicUrlSettings,
     ImageStorageSettings,
     PortalGatewaySettings,  # portal
+    OAuthGatewaySettings,  # oauth
 ):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")

@@ -98,13 +98,18 @@ class RegisterClientRequest(_message.Message):
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     CONFIDENTIAL_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_SHA256_FIELD_NUMBER: _builtins.int
     kind: Global___ClientKind.ValueType
     client_id: _builtins.str
-    """Required for a metadata document (its URL); made up by billing otherwise."""
+    """Required for a metadata document (its URL); for a dynamic client the id the gateway made (a new
+    one: ALREADY_EXISTS otherwise), or empty to let billing make one; made up by billing for an operator.
+    """
     client_name: _builtins.str
     metadata_json: _builtins.str
     confidential: _builtins.bool
     """A confidential client: billing makes a secret and answers it once."""
+    client_secret_sha256: _builtins.str
+    """A dynamic client whose secret the gateway made (and answers itself): its hex SHA-256."""
     def __init__(
         self,
         *,
@@ -113,10 +118,11 @@ class RegisterClientRequest(_message.Message):
         client_name: _builtins.str = ...,
         metadata_json: _builtins.str = ...,
         confidential: _builtins.bool = ...,
+        client_secret_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_name", b"client_name", "confidential", b"confidential", "kind", b"kind", "metadata_json", b"metadata_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_name", b"client_name", "client_secret_sha256", b"client_secret_sha256", "confidential", b"confidential", "kind", b"kind", "metadata_json", b"metadata_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
