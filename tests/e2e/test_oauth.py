@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from html import unescape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -276,3 +276,228 @@ async def _eventually_refused(http: httpx.AsyncClient, stack: RunningStack, toke
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the revoked token still works")
+
+
+# Refusals
+
+
+def register(stack: RunningStack, **metadata: Any) -> dict[str, Any]:
+    body = {
+        "client_name": "Raw client",
+        "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none",
+        **metadata,
+    }
+    response = httpx.post(f"{stack.gateway_url}/register", json=body)
+    assert response.status_code == 201, response.text
+    registered: dict[str, Any] = response.json()
+    return registered
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+def authorize_url(stack: RunningStack, client_id: str, challenge: str, **extra: str) -> str:
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": "st",
+        "resource": stack.mcp_url,
+        "scope": "images:generate account:read",
+        **extra,
+    }
+    return str(httpx.URL(f"{stack.gateway_url}/authorize", params=params))
+
+
+async def code_for(stack: RunningStack, session: str, client_id: str, challenge: str, **extra: str) -> str:
+    browser = Browser(stack.gateway_url, session)
+    await browser.redirect(authorize_url(stack, client_id, challenge, **extra))
+    assert browser.result is not None and browser.result.code, browser.location
+    return browser.result.code
+
+
+def token_request(stack: RunningStack, **form: str) -> httpx.Response:
+    return httpx.post(f"{stack.gateway_url}/token", data={"grant_type": "authorization_code", **form})
+
+
+async def test_the_token_endpoint_refuses_what_does_not_match_the_authorization(stack: RunningStack) -> None:
+    account = stack.create_account(credits=10)
+    session = session_for(stack, account)
+    client_id = register(stack)["client_id"]
+    verifier, challenge = pkce()
+    code = await code_for(stack, session, client_id, challenge)
+    good = {
+        "code": code,
+        "client_id": client_id,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+        "resource": stack.mcp_url,
+    }
+    for change, error in (
+        ({"code_verifier": pkce()[0]}, "invalid_grant"),
+        ({"code_verifier": ""}, "invalid_request"),
+        ({"redirect_uri": "http://127.0.0.1:53682/other"}, "invalid_grant"),
+        ({"resource": "https://elsewhere.example/api/mcp"}, "invalid_target"),
+        ({"resource": ""}, "invalid_request"),
+    ):
+        form = {key: value for key, value in {**good, **change}.items() if value or key != "resource"}
+        if change.get("resource") == "":
+            form.pop("resource", None)
+        refused = token_request(stack, **form)
+        assert refused.status_code == 400 and refused.json()["error"] == error, (change, refused.text)
+    unknown = token_request(stack, **{**good, "client_id": "not-registered"})
+    assert unknown.status_code == 401 and unknown.json()["error"] == "invalid_client"
+    issued = token_request(stack, **good)
+    assert issued.status_code == 200, issued.text
+    # a code works once; presented again it is refused and what it gave is taken back
+    again = token_request(stack, **good)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    async with httpx.AsyncClient() as http:
+        await _eventually_refused(http, stack, issued.json()["access_token"])
+
+
+async def test_refresh_token_reuse_revokes_the_grant_and_scopes_never_grow(stack: RunningStack) -> None:
+    account = stack.create_account(credits=10)
+    session = session_for(stack, account)
+    client_id = register(stack)["client_id"]
+    verifier, challenge = pkce()
+    code = await code_for(stack, session, client_id, challenge, scope="account:read")
+    tokens = token_request(
+        stack,
+        code=code,
+        client_id=client_id,
+        redirect_uri=REDIRECT,
+        code_verifier=verifier,
+        resource=stack.mcp_url,
+    ).json()
+    assert tokens["scope"] == "account:read"
+    refresh = {
+        "grant_type": "refresh_token",
+        "client_id": client_id,
+        "refresh_token": tokens["refresh_token"],
+    }
+    escalated = httpx.post(
+        f"{stack.gateway_url}/token", data={**refresh, "scope": "account:read images:generate"}
+    )
+    assert escalated.status_code == 400 and escalated.json()["error"] == "invalid_scope"
+    rotated = httpx.post(f"{stack.gateway_url}/token", data=refresh)
+    assert rotated.status_code == 200
+    # a token with account:read only may read the account but not generate (403 insufficient_scope)
+    access = {"Authorization": f"Bearer {rotated.json()['access_token']}"}
+    assert httpx.get(f"{stack.rest_url}/account", headers=access).status_code == 200
+    submit = httpx.post(f"{stack.rest_url}/images/generate", headers=access, json={"prompt": "x"})
+    assert submit.status_code == 403 and submit.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope", scope="images:generate"' in submit.headers["www-authenticate"]
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "x"}},
+    }
+    mcp = httpx.post(
+        stack.mcp_url, headers={**access, "Accept": "application/json, text/event-stream"}, json=call
+    )
+    assert mcp.status_code == 403 and 'error="insufficient_scope"' in mcp.headers["www-authenticate"]
+    assert "resource_metadata=" in mcp.headers["www-authenticate"]
+    # the used refresh token again: the grant ends, the live access token with it
+    reused = httpx.post(f"{stack.gateway_url}/token", data=refresh)
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    async with httpx.AsyncClient() as http:
+        await _eventually_refused(http, stack, rotated.json()["access_token"])
+
+
+def test_authorize_never_redirects_to_an_unregistered_address(stack: RunningStack) -> None:
+    client_id = register(stack)["client_id"]
+    _, challenge = pkce()
+    evil = httpx.get(authorize_url(stack, client_id, challenge, redirect_uri="https://evil.example/cb"))
+    assert evil.status_code == 400 and "evil.example" not in evil.headers.get("location", "")
+    unknown = httpx.get(authorize_url(stack, "nobody", challenge))
+    assert unknown.status_code == 400 and "location" not in unknown.headers
+    # a foreign resource goes back to the (registered) client as an error, with no code
+    foreign = httpx.get(authorize_url(stack, client_id, challenge, resource="https://elsewhere.example/mcp"))
+    assert foreign.status_code == 302 and "error=invalid_target" in foreign.headers["location"]
+    missing = httpx.get(authorize_url(stack, client_id, challenge, resource=""))
+    assert missing.status_code == 302 and "error=invalid_request" in missing.headers["location"]
+    # registration refuses redirect URIs that are neither https nor loopback http
+    plain = httpx.post(f"{stack.gateway_url}/register", json={"redirect_uris": ["http://evil.example/cb"]})
+    assert plain.status_code == 400 and plain.json()["error"] == "invalid_redirect_uri"
+
+
+def test_api_tokens_still_work_and_foreign_or_unknown_oauth_tokens_do_not(stack: RunningStack) -> None:
+    account = stack.create_account(credits=10)
+    assert (
+        httpx.get(
+            f"{stack.rest_url}/account", headers={"Authorization": f"Bearer {account.token}"}
+        ).status_code
+        == 200
+    )
+    fake = httpx.get(f"{stack.rest_url}/account", headers={"Authorization": "Bearer iga_" + "x" * 43})
+    assert fake.status_code == 401
+
+
+async def test_a_client_id_metadata_document_client(
+    stack: RunningStack, document_server: ThreadingHTTPServer
+) -> None:
+    """The client_id is the document's URL: fetched (through the SSRF guard, here allowed to reach the
+    test's loopback server over http; production needs https on a public address), validated, cached.
+    (The SDK's OAuthClientProvider insists on an https document URL, so this flow is driven by hand.)"""
+    account = stack.create_account(credits=100)
+    url = f"http://127.0.0.1:{document_server.server_port}/client.json"
+    Document.body = json.dumps(
+        {
+            "client_id": url,
+            "client_name": "Document client",
+            "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        }
+    ).encode()
+    browser = Browser(stack.gateway_url, session_for(stack, account))
+    verifier, challenge = pkce()
+    await browser.redirect(authorize_url(stack, url, challenge))
+    assert browser.result is not None and browser.result.code, browser.location
+    assert "Document client" in browser.consent_pages[0]
+    tokens = token_request(
+        stack,
+        code=browser.result.code,
+        client_id=url,
+        redirect_uri=REDIRECT,
+        code_verifier=verifier,
+        resource=stack.mcp_url,
+    )
+    assert tokens.status_code == 200, tokens.text
+    access = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "generate_image", "arguments": {"prompt": "a fox", "width": 512, "height": 512}},
+    }
+    answer = httpx.post(stack.mcp_url, headers=access, json=call, timeout=60)
+    assert answer.status_code == 200, answer.text
+    used = answer.json()["result"]["structuredContent"]["credits_used"]
+    assert stack.credits(account.account_id) == 100 - used
+    # a document whose client_id is not its own URL is refused
+    Document.body = json.dumps(
+        {"client_id": "https://other.example/c.json", "redirect_uris": [REDIRECT]}
+    ).encode()
+    other = f"http://127.0.0.1:{document_server.server_port}/other.json"
+    assert httpx.get(authorize_url(stack, other, challenge)).status_code == 400
+
+
+def test_a_metadata_document_on_a_private_address_is_not_fetched(stack: RunningStack) -> None:
+    _, challenge = pkce()
+    for client_id in (
+        "https://10.0.0.1/client.json",
+        "https://127.0.0.1/client.json",
+        "http://192.168.1.1/c.json",
+    ):
+        refused = httpx.get(authorize_url(stack, client_id, challenge))
+        assert refused.status_code == 400 and "location" not in refused.headers, client_id

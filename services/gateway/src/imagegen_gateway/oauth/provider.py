@@ -294,6 +294,8 @@ def client_information(stored: pb.OAuthClient) -> OAuthClientInformationFull:
     data["client_id"] = stored.client_id
     data["client_name"] = stored.client_name
     data["client_secret"] = stored.client_secret_sha256 or None
+    # A client that names no scopes (a metadata document usually does not) may ask for any of ours.
+    data["scope"] = data.get("scope") or " ".join(SCOPES_SUPPORTED)
     if not stored.client_secret_sha256:
         data["token_endpoint_auth_method"] = "none"
     elif data.get("token_endpoint_auth_method") in (None, "none"):

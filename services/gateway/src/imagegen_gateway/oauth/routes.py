@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import unquote, urlsplit
 
+import grpc
 from fastapi import APIRouter, FastAPI, Form, Request
 from mcp.server.auth.handlers.authorize import AuthorizationHandler
 from mcp.server.auth.handlers.register import RegistrationHandler
@@ -147,6 +148,8 @@ class TokenEndpoint(TokenHandler):
         resource = resource.rstrip("/") if isinstance(resource, str) else None
         if resource is not None and resource != self.context.resource:
             return self._error("invalid_target", f"the only resource here is {self.context.resource}")
+        if grant_type == "refresh_token":
+            return await self._refresh(request, resource or "")
         if grant_type != "authorization_code":
             delegated: Response = await super().handle(request)
             return delegated
@@ -154,13 +157,43 @@ class TokenEndpoint(TokenHandler):
             return self._error("invalid_request", "the resource parameter (RFC 8707) is required")
         return await self._exchange_code(request, resource)
 
-    async def _exchange_code(self, request: Request, resource: str) -> Response:
-        form = await request.form()
+    async def _client(self, request: Request) -> OAuthClientInformationFull | Response:
         try:
-            client = await self.client_authenticator.authenticate_request(request)
+            return await self.client_authenticator.authenticate_request(request)
         except AuthenticationError as exc:
             body = TokenErrorResponse(error="invalid_client", error_description=exc.message)
             return JSONResponse(body.model_dump(exclude_none=True), status_code=401, headers=NO_STORE)
+
+    async def _refresh(self, request: Request, resource: str) -> Response:
+        """Rotation in billing, which alone can tell a used refresh token (reuse: the grant is revoked)
+        from an unknown one; the SDK's handler would refuse a used one before billing saw it."""
+        client = await self._client(request)
+        if isinstance(client, Response):
+            return client
+        form = await request.form()
+        token, scope = form.get("refresh_token"), form.get("scope")
+        if not isinstance(token, str) or not token:
+            return self._error("invalid_request", "refresh_token is required")
+        scopes = scope.split() if isinstance(scope, str) else []
+        try:
+            answer = await self.context.billing.call(
+                lambda s: s.ExchangeRefreshToken,
+                pb.ExchangeRefreshTokenRequest(
+                    refresh_token=token, client_id=client.client_id, scopes=scopes, resource=resource
+                ),
+            )
+        except OAuthCallError as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                return self._error("invalid_scope", "a refresh may only keep or narrow the granted scopes")
+            return self._error("invalid_grant", "the refresh token is invalid, used, expired or revoked")
+        issued: Response = self.response(oauth_token(answer.tokens))
+        return issued
+
+    async def _exchange_code(self, request: Request, resource: str) -> Response:
+        form = await request.form()
+        client = await self._client(request)
+        if isinstance(client, Response):
+            return client
         fields = {name: form.get(name) for name in ("code", "redirect_uri", "code_verifier")}
         if not all(isinstance(value, str) and value for value in fields.values()):
             return self._error("invalid_request", "code, redirect_uri and code_verifier are required")
