@@ -242,3 +242,32 @@ async def test_codes_need_a_session_a_challenge_a_resource_and_known_scopes(env:
     ):
         request = pb.CreateAuthorizationCodeRequest(**{**base, **change})
         assert await code_of(env.oauth.CreateAuthorizationCode(request)) == code, change
+
+
+async def test_the_admin_cli_registers_a_confidential_client(env: Env) -> None:
+    import asyncio
+    import json
+
+    from typer.testing import CliRunner
+
+    from imagegen_billing.admin_cli import app as admin_app
+
+    options = ["--billing", env.server.settings.billing_listen, "--admin-token"]
+    options.append(env.server.settings.admin_token.get_secret_value())
+    args = ["oauth-client", "create", "--name", "Ops app", "--redirect-uri", "https://app.example/cb"]
+
+    def invoke(*extra: str) -> Any:
+        return CliRunner().invoke(
+            admin_app, [*options, "--json", *args, *extra], env={"IMAGEGEN_ADMIN_TOKEN": ""}
+        )
+
+    result = await asyncio.to_thread(invoke)
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.stdout)
+    assert created["client_secret"].startswith("igcs_") and created["name"] == "Ops app"
+    stored = (await env.oauth.GetClient(pb.GetClientRequest(client_id=created["client_id"]))).client
+    assert stored.kind == pb.CLIENT_KIND_OPERATOR
+    assert stored.client_secret_sha256 == hashlib.sha256(created["client_secret"].encode()).hexdigest()
+    assert json.loads(stored.metadata_json)["redirect_uris"] == ["https://app.example/cb"]
+    refused = await asyncio.to_thread(invoke, "--redirect-uri", "http://evil.example/cb")
+    assert refused.exit_code == 2 and "http://evil.example/cb" in refused.output
