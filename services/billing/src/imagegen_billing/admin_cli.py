@@ -404,7 +404,7 @@ def _token_lines(tokens: Any) -> Iterator[str]:
 
 # The portal's commands (account login-link, account set-role) and OAuth's (oauth-client create, issue 12)
 # live in their own modules.
-from imagegen_billing import (
-    oauth_admin_cli,  # noqa: E402, F401
-    portal_admin_cli,  # noqa: E402, F401
+from imagegen_billing import (  # noqa: E402
+    oauth_admin_cli,  # noqa: F401
+    portal_admin_cli,  # noqa: F401
 )
