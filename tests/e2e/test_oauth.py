@@ -501,3 +501,61 @@ def test_a_metadata_document_on_a_private_address_is_not_fetched(stack: RunningS
     ):
         refused = httpx.get(authorize_url(stack, client_id, challenge))
         assert refused.status_code == 400 and "location" not in refused.headers, client_id
+
+
+async def test_connected_apps_lists_and_disconnects_an_app(stack: RunningStack) -> None:
+    account = stack.create_account(credits=10)
+    session = session_for(stack, account)
+    client_id = register(stack, client_name="Listed app")["client_id"]
+    verifier, challenge = pkce()
+    code = await code_for(stack, session, client_id, challenge)
+    tokens = token_request(
+        stack,
+        code=code,
+        client_id=client_id,
+        redirect_uri=REDIRECT,
+        code_verifier=verifier,
+        resource=stack.mcp_url,
+    ).json()
+    access = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert httpx.get(f"{stack.rest_url}/account", headers=access).status_code == 200
+    with httpx.Client(base_url=stack.gateway_url, cookies={"imagegen_session": session}) as portal:
+        page = portal.get("/account/apps")
+        assert page.status_code == 200
+        assert "Listed app" in page.text and "Generate images on your credits" in page.text
+        assert 'href="/account/apps"' in page.text  # in the user menu and the account tabs
+        action = re.search(r'action="(/account/apps/[^"]+/revoke)"', page.text)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert action and csrf
+        forged = portal.post(action.group(1), data={"csrf_token": "forged"})
+        assert forged.status_code == 403
+        done = portal.post(action.group(1), data={"csrf_token": csrf.group(1)}, follow_redirects=False)
+        assert done.status_code == 303
+        after = portal.get(done.headers["location"])
+        assert "is disconnected" in after.text and "No apps are connected" in after.text
+    async with httpx.AsyncClient() as http:
+        await _eventually_refused(http, stack, tokens["access_token"])
+
+
+def test_consent_needs_a_signed_in_person_and_can_be_denied(stack: RunningStack) -> None:
+    client_id = register(stack)["client_id"]
+    _, challenge = pkce()
+    first = httpx.get(authorize_url(stack, client_id, challenge))
+    assert first.status_code == 302 and first.headers["location"].startswith("/oauth/consent?")
+    anonymous = httpx.get(stack.gateway_url + first.headers["location"])
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/?next=")
+    account = stack.create_account(credits=1)
+    with httpx.Client(
+        base_url=stack.gateway_url, cookies={"imagegen_session": session_for(stack, account)}
+    ) as person:
+        page = person.get(first.headers["location"])
+        assert page.status_code == 200 and account.email in page.text
+        assert "form-action 'self' http://127.0.0.1:53682" in page.headers["content-security-policy"]
+        fields = {name: unescape(value) for name, value in HIDDEN.findall(page.text)}
+        denied = person.post("/oauth/consent", data={**fields, "decision": "deny"}, follow_redirects=False)
+        assert denied.status_code == 303
+        query = parse_qs(urlsplit(denied.headers["location"]).query)
+        assert query["error"] == ["access_denied"] and query["state"] == ["st"] and "code" not in query
+        assert query["iss"] == [stack.gateway_url]
+        forged = person.post("/oauth/consent", data={**fields, "decision": "allow", "csrf_token": "x"})
+        assert forged.status_code == 403
