@@ -422,6 +422,7 @@ def test_authorize_never_redirects_to_an_unregistered_address(stack: RunningStac
     # a foreign resource goes back to the (registered) client as an error, with no code
     foreign = httpx.get(authorize_url(stack, client_id, challenge, resource="https://elsewhere.example/mcp"))
     assert foreign.status_code == 302 and "error=invalid_target" in foreign.headers["location"]
+    assert parse_qs(urlsplit(foreign.headers["location"]).query)["iss"] == [stack.gateway_url]
     missing = httpx.get(authorize_url(stack, client_id, challenge, resource=""))
     assert missing.status_code == 302 and "error=invalid_request" in missing.headers["location"]
     # registration refuses redirect URIs that are neither https nor loopback http

@@ -242,6 +242,22 @@ class RevocationEndpoint:
         return Response(status_code=200, headers=NO_STORE)
 
 
+class AuthorizationEndpoint:
+    """The SDK's ``/authorize`` handler, with RFC 9207 ``iss`` added to the error responses it sends
+    back to a client (the success response comes from the consent page, which adds it itself)."""
+
+    def __init__(self, context: OAuthContext) -> None:
+        self.context = context
+        self.handler = AuthorizationHandler(context.provider)  # type: ignore[arg-type]
+
+    async def handle(self, request: Request) -> Response:
+        response: Response = await self.handler.handle(request)
+        location = response.headers.get("location", "")
+        if response.status_code == 302 and location and not location.startswith(CONSENT_PATH):
+            response.headers["location"] = construct_redirect_uri(location, iss=self.context.issuer)
+        return response
+
+
 # Metadata
 
 
@@ -561,7 +577,7 @@ def install_oauth(app: FastAPI, settings: GatewaySettings) -> None:
             Route("/.well-known/oauth-authorization-server", as_metadata, methods=["GET", "OPTIONS"]),
             Route(PROTECTED_RESOURCE_PATH + MCP_PATH, pr_metadata, methods=["GET", "OPTIONS"]),
             Route(PROTECTED_RESOURCE_PATH, pr_metadata, methods=["GET", "OPTIONS"]),
-            Route("/authorize", AuthorizationHandler(provider).handle, methods=["GET", "POST"]),  # type: ignore[arg-type]
+            Route("/authorize", AuthorizationEndpoint(context).handle, methods=["GET", "POST"]),
             Route("/token", cors_middleware(token.handle, ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"]),
             Route(
                 "/register",
