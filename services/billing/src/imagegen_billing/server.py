@@ -112,14 +112,9 @@ class BillingServer:
             ),
             server,
         )
-        for service in (
-            "",
-            BILLING_SERVICE,
-            ADMIN_SERVICE,
-            PORTAL_SERVICE,
-            OAUTH_SERVICE,
-        ):  # PORTAL_SERVICE: portal; OAUTH_SERVICE: oauth
+        for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(OAUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)  # oauth
         self.port = server.add_insecure_port(self.settings.billing_listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.settings.billing_listen}")
@@ -153,14 +148,9 @@ class BillingServer:
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
-                for service in (
-                    "",
-                    BILLING_SERVICE,
-                    ADMIN_SERVICE,
-                    PORTAL_SERVICE,
-                    OAUTH_SERVICE,
-                ):  # PORTAL_SERVICE: portal; OAUTH_SERVICE: oauth
+                for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
                     await self.health.set(service, status)
+                await self.health.set(OAUTH_SERVICE, status)  # oauth
                 log.log(
                     logging.INFO if ok else logging.WARNING,
                     "database reachable" if ok else "database unreachable",
