@@ -271,3 +271,21 @@ async def test_the_admin_cli_registers_a_confidential_client(env: Env) -> None:
     assert json.loads(stored.metadata_json)["redirect_uris"] == ["https://app.example/cb"]
     refused = await asyncio.to_thread(invoke, "--redirect-uri", "http://evil.example/cb")
     assert refused.exit_code == 2 and "http://evil.example/cb" in refused.output
+
+
+async def test_long_expired_codes_and_tokens_are_purged_by_the_next_authorization(env: Env) -> None:
+    from sqlalchemy import func, select
+
+    from imagegen_billing.models import oauth_codes
+
+    session = await env.session("ha@example.test")
+    client_id = await env.client()
+    await env.exchange(await env.code(session, client_id), client_id)
+    await env.code(session, client_id)  # unused, still live
+    async with env.server.db.write() as conn:
+        await conn.execute(update(oauth_tokens).values(expire_time=now() - timedelta(days=2)))
+        await conn.execute(update(oauth_codes).values(expire_time=now() - timedelta(days=2)))
+    await env.code(session, client_id)
+    async with env.server.db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(oauth_tokens))).scalar_one() == 0
+        assert (await conn.execute(select(func.count()).select_from(oauth_codes))).scalar_one() == 1

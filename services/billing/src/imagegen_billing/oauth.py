@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagegen_billing import people
@@ -43,6 +43,8 @@ MAX_CLIENT_ID_CHARS = 2048
 CODE_LIFE = timedelta(minutes=5)
 ACCESS_LIFE = timedelta(hours=1)
 REFRESH_LIFE = timedelta(days=30)
+#: Expired codes and tokens are deleted this long after they stopped working; each authorization purges.
+PURGE_AFTER = timedelta(days=1)
 KNOWN_SCOPES = ("images:generate", "account:read")
 #: The account id of a live portal session (UnauthenticatedError otherwise).
 SessionLookup = Callable[[str], Awaitable[str]]
@@ -269,6 +271,8 @@ class OAuthStore:
         at = now()
         expire = at + CODE_LIFE
         async with self.db.write() as conn:
+            await conn.execute(delete(oauth_codes).where(oauth_codes.c.expire_time < at - PURGE_AFTER))
+            await conn.execute(delete(oauth_tokens).where(oauth_tokens.c.expire_time < at - PURGE_AFTER))
             grant_id = await self._live_grant(conn, account_id, client_id, text)
             if grant_id is None:
                 grant_id = random_id("grant")
