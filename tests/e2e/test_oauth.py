@@ -560,3 +560,37 @@ def test_consent_needs_a_signed_in_person_and_can_be_denied(stack: RunningStack)
         assert query["iss"] == [stack.gateway_url]
         forged = person.post("/oauth/consent", data={**fields, "decision": "allow", "csrf_token": "x"})
         assert forged.status_code == 403
+
+
+async def test_a_confidential_client_authenticates_with_its_secret(stack: RunningStack) -> None:
+    """DCR of a confidential client: the secret is answered once, stored hashed, and checked at /token
+    (client_secret_post or Basic)."""
+    account = stack.create_account(credits=1)
+    session = session_for(stack, account)
+    registered = register(stack, token_endpoint_auth_method="client_secret_post")
+    client_id, secret = registered["client_id"], registered["client_secret"]
+    assert secret
+    for credentials, status in (
+        ({"client_secret": "wrong"}, 401),
+        ({}, 401),
+        ({"client_secret": secret}, 200),
+    ):
+        verifier, challenge = pkce()
+        code = await code_for(stack, session, client_id, challenge)
+        form = {"code": code, "client_id": client_id, "redirect_uri": REDIRECT, "code_verifier": verifier}
+        answer = token_request(stack, **form, resource=stack.mcp_url, **credentials)
+        assert answer.status_code == status, (credentials, answer.text)
+    verifier, challenge = pkce()
+    code = await code_for(stack, session, client_id, challenge)
+    basic = httpx.post(
+        f"{stack.gateway_url}/token",
+        auth=(client_id, secret),
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+            "resource": stack.mcp_url,
+        },
+    )
+    assert basic.status_code == 200, basic.text
