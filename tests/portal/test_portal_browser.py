@@ -7,13 +7,15 @@ IMAGEGEN_UPDATE_SCREENSHOTS=1."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import grpc
 import httpx
@@ -141,6 +143,7 @@ def test_sign_in_find_the_menu_make_use_and_revoke_a_token(portal: Portal) -> No
     assert [i.inner_text().strip() for i in menu.get_by_role("menuitem").all()] == [
         "API tokens",
         "Connect",
+        "Connected apps",
         "Usage",
         "Buy credits",
         "Sign out",
@@ -404,3 +407,60 @@ def test_try_it_shows_prices_refuses_without_credits_and_makes_an_image(portal: 
     assert reply.status == 404
     other.goto(portal.url("/account/usage"))
     assert str(image_id) not in other.content()
+
+
+def test_an_oauth_app_is_approved_on_the_consent_page_and_disconnected(portal: Portal) -> None:
+    """Issue 12 in a real browser: authorize → sign in → consent (axe, CSP lets the form go back to the
+    app) → the app's callback gets a code and iss; Connected apps lists the app and disconnects it."""
+    redirect = "http://127.0.0.1:53682/callback"
+    registered = httpx.post(
+        portal.url("/register"),
+        json={
+            "client_name": "Browser app",
+            "redirect_uris": [redirect],
+            "token_endpoint_auth_method": "none",
+        },
+    )
+    client_id = registered.json()["client_id"]
+    verifier = "v" * 64
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    authorize = portal.url("/authorize?") + urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": "browser-state",
+            "resource": portal.stack.mcp_url,
+        }
+    )
+    account = portal.stack.create_account(credits=5, email="oauth-person@example.test")
+    page = portal.new_page()
+    landed: list[str] = []
+
+    def callback(route: Any) -> None:
+        landed.append(route.request.url)
+        route.fulfill(body="done")
+
+    page.route("http://127.0.0.1:53682/**", callback)
+    page.goto(authorize)
+    page.wait_for_url("**/?next=*")  # not signed in: the portal's sign-in keeps the request
+    portal.sign_in(page, account.email)
+    page.goto(authorize)
+    page.get_by_role("heading", name="Allow “Browser app” to use your imagegen account?").wait_for()
+    assert account.email in page.inner_text("main") and "127.0.0.1:53682" in page.inner_text("main")
+    portal.check_page(page, "oauth-consent")
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url("http://127.0.0.1:53682/**")
+    query = parse_qs(urlsplit(landed[-1]).query)
+    assert query["state"] == ["browser-state"] and query["code"][0].startswith("igc_")
+    assert query["iss"] == [portal.stack.gateway_url]
+    assert page.csp_errors == []
+
+    page.goto(portal.url("/account/apps"))
+    page.get_by_role("cell", name="Browser app", exact=True).wait_for()
+    portal.check_page(page, "connected-apps")
+    page.get_by_role("button", name="Disconnect Browser app").click()
+    page.get_by_text("“Browser app” is disconnected.").wait_for()
+    page.context.close()

@@ -13,6 +13,7 @@ from imagegen.admin.v1 import admin_service_pb2 as admin_pb
 from imagegen.admin.v1 import admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2 as pb
 from imagegen.billing.v1 import billing_service_pb2_grpc
+from imagegen.oauth.v1 import oauth_service_pb2 as oauth_pb
 from imagegen.payments.v1 import payments_service_pb2 as payments_pb
 from imagegen.portal.v1 import portal_service_pb2 as portal_pb
 from imagegen_billing.config import BillingSettings, caller_secret_problems
@@ -102,7 +103,7 @@ async def test_a_method_nobody_is_granted_is_denied_to_every_identity(
     listed = set().union(*CALLER_METHODS.values())
     every = {
         f"/{service.full_name}/{m.name}"
-        for module in (pb, portal_pb, payments_pb)
+        for module in (pb, portal_pb, payments_pb, oauth_pb)
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
     }

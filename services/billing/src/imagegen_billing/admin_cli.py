@@ -402,5 +402,9 @@ def _token_lines(tokens: Any) -> Iterator[str]:
         yield f"token     {t.id}  {t.prefix}…  {t.label}  {state}  {used}"
 
 
-# The portal's commands (account login-link, account set-role) live in their own module.
-from imagegen_billing import portal_admin_cli  # noqa: E402, F401
+# The portal's commands (account login-link, account set-role) and OAuth's (oauth-client create, issue 12)
+# live in their own modules.
+from imagegen_billing import (  # noqa: E402
+    oauth_admin_cli,  # noqa: F401
+    portal_admin_cli,  # noqa: F401
+)

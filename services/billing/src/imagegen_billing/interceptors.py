@@ -33,7 +33,8 @@ _OUR_SERVICES: tuple[str, ...] = (
     "imagegen.billing.v1.BillingService",
     ADMIN_SERVICE,
     "imagegen.portal.v1.PortalService",
-    "imagegen.payments.v1.PaymentsService",  # payments (issue 13)
+    "imagegen.payments.v1.PaymentsService",
+    "imagegen.oauth.v1.OAuthService",
 )
 
 if TYPE_CHECKING:  # grpc's classes are not generic at run time
@@ -184,6 +185,7 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.Ser
 
 PORTAL_SERVICE = "imagegen.portal.v1.PortalService"
 PAYMENTS_SERVICE = "imagegen.payments.v1.PaymentsService"
+OAUTH_SERVICE = "imagegen.oauth.v1.OAuthService"
 
 
 def _methods(service: str, *methods: str) -> frozenset[str]:
@@ -196,7 +198,12 @@ def _billing(*methods: str) -> frozenset[str]:
 
 #: The portal's operator calls (the admin CLI's `account login-link`, `account set-role`): guarded by
 #: the admin token, which the servicer checks itself, like AdminService; no service identity needed.
-OPERATOR_METHODS = _methods(PORTAL_SERVICE, "CreateLoginLink", "SetAccountRole")
+OPERATOR_METHODS = _methods(PORTAL_SERVICE, "CreateLoginLink", "SetAccountRole") | _methods(
+    # An operator's confidential client (admin token, checked by the servicer); without the token it
+    # is what the public /register endpoint does anyway (RFC 7591 dynamic registration).
+    OAUTH_SERVICE,
+    "RegisterClient",
+)
 
 
 #: Which identity may call which method. Deny by default: a method (or a whole service, such as a new
@@ -249,6 +256,22 @@ CALLER_METHODS: Mapping[Caller, frozenset[str]] = {
         "RecordRefund",
         "RecordDispute",
         "GetPurchase",
+    )
+    # OAuth for MCP connectors: the authorization server's storage and the resource's token checks.
+    | _methods(
+        OAUTH_SERVICE,
+        "RegisterClient",
+        "GetClient",
+        "GetConsent",
+        "CreateAuthorizationCode",
+        "GetAuthorizationCode",
+        "ExchangeAuthorizationCode",
+        "GetRefreshToken",
+        "ExchangeRefreshToken",
+        "VerifyAccessToken",
+        "RevokeToken",
+        "ListGrants",
+        "RevokeGrant",
     ),
     # The webhook dispatcher: finds and settles the job of an outcome, signs with the account's secret,
     # records each attempt (and may read them back). The only identity that reads signing secrets.

@@ -273,6 +273,73 @@ class SignInAttemptRow(Base):
     create_time: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class OAuthClientRow(Base):
+    """An OAuth client (issue 12): registered dynamically, cached from its metadata document (its id is
+    the document's URL), or made by an operator. Only the SHA-256 of a client secret is kept."""
+
+    __tablename__ = "oauth_clients"
+
+    id: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    client_name: Mapped[str] = mapped_column(String(255))
+    metadata_json: Mapped[str] = mapped_column(Text())
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class OAuthGrantRow(Base):
+    """An account's approval of a client for a scope set (remembered consent); its tokens live as long
+    as it does."""
+
+    __tablename__ = "oauth_grants"
+    __table_args__ = (Index("ix_oauth_grants_account_id_client_id", "account_id", "client_id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id"), index=True)
+    scopes: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_used_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class OAuthCodeRow(Base):
+    """A one-time authorization code (SHA-256 only), bound to its grant, redirect URI, PKCE challenge
+    and resource."""
+
+    __tablename__ = "oauth_codes"
+    __table_args__ = (Index("ix_oauth_codes_expire_time", "expire_time"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("oauth_grants.id"), index=True)
+    redirect_uri: Mapped[str] = mapped_column(String(2048))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    resource: Mapped[str] = mapped_column(String(2048))
+    scopes: Mapped[str] = mapped_column(String(255))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    use_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class OAuthTokenRow(Base):
+    """An access or refresh token (SHA-256 only) of a grant. A refresh token is used once (rotation)."""
+
+    __tablename__ = "oauth_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    grant_id: Mapped[str] = mapped_column(ForeignKey("oauth_grants.id"), index=True)
+    scopes: Mapped[str] = mapped_column(String(255))
+    resource: Mapped[str] = mapped_column(String(2048))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    expire_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    use_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoke_time: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
 accounts = cast(Table, AccountRow.__table__)
 api_tokens = cast(Table, ApiTokenRow.__table__)
 reservations = cast(Table, ReservationRow.__table__)
@@ -284,3 +351,7 @@ sessions = cast(Table, SessionRow.__table__)
 login_links = cast(Table, LoginLinkRow.__table__)
 sign_in_attempts = cast(Table, SignInAttemptRow.__table__)
 purchases = cast(Table, PurchaseRow.__table__)
+oauth_clients = cast(Table, OAuthClientRow.__table__)
+oauth_grants = cast(Table, OAuthGrantRow.__table__)
+oauth_codes = cast(Table, OAuthCodeRow.__table__)
+oauth_tokens = cast(Table, OAuthTokenRow.__table__)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from imagegen.admin.v1 import admin_service_pb2, admin_service_pb2_grpc
 from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
+from imagegen.oauth.v1 import oauth_service_pb2_grpc  # oauth
 from imagegen.payments.v1 import payments_service_pb2_grpc  # payments
 from imagegen.portal.v1 import portal_service_pb2_grpc  # portal
 from imagegen_billing import migrate
@@ -25,6 +26,7 @@ from imagegen_billing.config import BillingSettings, caller_secret_problems
 from imagegen_billing.db import Database
 from imagegen_billing.interceptors import AdminAuthInterceptor, CallerAuthInterceptor, ObservingInterceptor
 from imagegen_billing.ledger import Ledger
+from imagegen_billing.oauth_servicer import OAUTH_SERVICE, make_oauth_servicer  # oauth
 from imagegen_billing.payments_servicer import PAYMENTS_SERVICE, make_payments_servicer  # payments
 from imagegen_billing.portal_servicer import PORTAL_SERVICE, make_portal_servicer  # portal
 from imagegen_billing.reaper import run_reaper
@@ -102,11 +104,18 @@ class BillingServer:
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.accounts, self.ledger, self.webhooks, self.revocations), server
         )
-        portal_service_pb2_grpc.add_PortalServiceServicer_to_server(  # portal
-            make_portal_servicer(self.settings, self.db, self.accounts, self.ledger, self.revocations), server
+        portal_servicer = make_portal_servicer(
+            self.settings, self.db, self.accounts, self.ledger, self.revocations
         )
-        payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server(  # payments
+        portal_service_pb2_grpc.add_PortalServiceServicer_to_server(portal_servicer, server)
+        payments_service_pb2_grpc.add_PaymentsServiceServicer_to_server(
             make_payments_servicer(self.settings, self.db), server
+        )
+        oauth_service_pb2_grpc.add_OAuthServiceServicer_to_server(
+            make_oauth_servicer(
+                self.db, portal_servicer.portal, self.settings.admin_token.get_secret_value()
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -115,6 +124,7 @@ class BillingServer:
                 ADMIN_SERVICE,
                 PORTAL_SERVICE,  # portal
                 PAYMENTS_SERVICE,  # payments
+                OAUTH_SERVICE,  # oauth
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -123,6 +133,7 @@ class BillingServer:
         for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(PAYMENTS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)  # payments
+        await self.health.set(OAUTH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)  # oauth
         self.port = server.add_insecure_port(self.settings.billing_listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.settings.billing_listen}")
@@ -161,6 +172,7 @@ class BillingServer:
                 for service in ("", BILLING_SERVICE, ADMIN_SERVICE, PORTAL_SERVICE):  # PORTAL_SERVICE: portal
                     await self.health.set(service, status)
                 await self.health.set(PAYMENTS_SERVICE, status)  # payments
+                await self.health.set(OAUTH_SERVICE, status)  # oauth
                 log.log(
                     logging.INFO if ok else logging.WARNING,
                     "database reachable" if ok else "database unreachable",

@@ -17,6 +17,7 @@ from imagegen_gateway.api.responses import install_error_handlers
 from imagegen_gateway.api.security_headers import SecurityHeaders
 from imagegen_gateway.config import GatewaySettings
 from imagegen_gateway.metrics import HttpMetricsMiddleware
+from imagegen_gateway.oauth.routes import install_oauth
 from imagegen_gateway.payments import install_payments
 from imagegen_gateway.portal import install_portal
 from imagegen_gateway.state import open_gateway
@@ -57,6 +58,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(ops.router)
     install_payments(app, settings)  # buying credits: before the portal, whose Buy credits page it is
     install_portal(app, settings)  # the account portal: pages at /, /signin/…, /account/…
+    install_oauth(app, settings)  # OAuth for MCP connectors: /.well-known/…, /authorize, /token, …
     install_error_handlers(app)
     app.add_middleware(RestBodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)

@@ -1,7 +1,10 @@
 """Bearer-token authentication against billing, with a short cache so that a request costs no RPC
 when its token was checked a moment ago. Billing broadcasts revocations (``REVOCATIONS_SUBJECT``) and
 the gateway drops a revoked token from the cache at once (:meth:`Authenticator.forget`); a broadcast
-that is missed still leaves the cache time as the bound."""
+that is missed still leaves the cache time as the bound.
+
+Two kinds of bearer token: ``igk_`` API tokens (every scope) and OAuth access tokens (``iga_``, issue 12)
+that carry the scopes a person approved and are good only for the resource they were issued for."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
@@ -19,21 +23,72 @@ from starlette.datastructures import Headers
 
 from imagegen_common import nats_names
 from imagegen_common.revocations import Revocation
-from imagegen_gateway.errors import InvalidTokenError
+from imagegen_gateway.errors import GatewayError, InvalidTokenError
 
 log = logging.getLogger(__name__)
 
 MAX_CACHED_TOKENS = 10_000
 MISSING_TOKEN = "missing API token: send 'Authorization: Bearer <token>'"
+#: Scopes of OAuth access tokens; an ``igk_`` API token carries them all.
+SCOPE_GENERATE = "images:generate"
+SCOPE_ACCOUNT = "account:read"
+ALL_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_ACCOUNT})
+OAUTH_ACCESS_PREFIX = "iga_"
+FOREIGN_AUDIENCE = "this access token was issued for another resource"
+
+
+class InsufficientScopeError(GatewayError):
+    """A valid token without the scope the call needs (HTTP 403, RFC 6750 ``insufficient_scope``)."""
+
+    code = "insufficient_scope"
+    status = HTTPStatus.FORBIDDEN
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this token lacks the scope {scope!r} that this call needs")
+        self.scope = scope
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the account behind a valid API token."""
+    """Who is calling: the account behind a valid API token or OAuth access token."""
 
     account_id: str
     email: str
     token_id: str
+    scopes: frozenset[str] = ALL_SCOPES
+    #: The OAuth client acting for the account; empty for an API token.
+    client_id: str = ""
+
+    def require(self, scope: str) -> None:
+        """InsufficientScopeError unless the token carries ``scope``."""
+        if scope not in self.scopes:
+            raise InsufficientScopeError(scope)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthAccess:
+    """What billing says of a live OAuth access token."""
+
+    principal: Principal
+    resource: str
+    expires_at: float  # Unix time
+
+
+class AccessTokenResolver(Protocol):
+    """Billing's OAuthService (``OAuthBilling``)."""
+
+    async def verify_access_token(self, token: str) -> OAuthAccess:
+        """The access of a live token; InvalidTokenError for an unknown, expired or revoked one."""
+        ...
+
+
+def required_scope(path: str) -> str | None:
+    """The scope a REST path needs of an OAuth access token (None: any valid token will do)."""
+    if path == "/api/account" or path.startswith("/api/account/"):
+        return SCOPE_ACCOUNT
+    if path == "/api/images" or path.startswith("/api/images/"):
+        return SCOPE_GENERATE
+    return None
 
 
 class TokenResolver(Protocol):
@@ -52,9 +107,18 @@ def bearer_token(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, billing: TokenResolver, cache_seconds: float) -> None:
+    def __init__(
+        self,
+        billing: TokenResolver,
+        cache_seconds: float,
+        oauth: AccessTokenResolver | None = None,
+        resource: str = "",
+    ) -> None:
         self.billing = billing
         self.cache_seconds = cache_seconds
+        self.oauth = oauth
+        #: The canonical MCP resource: OAuth access tokens for anything else are refused.
+        self.resource = resource
         # keyed by a hash, so that no token sits in memory longer than the request that carried it
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
@@ -65,8 +129,16 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        principal = await self.billing.authenticate(token)
-        self._cache[key] = (principal, now + self.cache_seconds)
+        until = now + self.cache_seconds
+        if token.startswith(OAUTH_ACCESS_PREFIX) and self.oauth is not None:
+            access = await self.oauth.verify_access_token(token)
+            if access.resource != self.resource:
+                raise InvalidTokenError(FOREIGN_AUDIENCE)
+            principal = access.principal
+            until = min(until, now + max(access.expires_at - time.time(), 0.0))
+        else:
+            principal = await self.billing.authenticate(token)
+        self._cache[key] = (principal, until)
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_CACHED_TOKENS:
             self._cache.popitem(last=False)

@@ -17,6 +17,7 @@ from imagegen_common.settings import (
     PublicUrlSettings,
     split_host_port,
 )
+from imagegen_gateway.oauth.settings import OAuthGatewaySettings
 from imagegen_gateway.payments.settings import StripeGatewaySettings
 from imagegen_gateway.portal.settings import PortalGatewaySettings
 
@@ -29,6 +30,7 @@ class GatewaySettings(
     BillingCallerSettings,
     PortalGatewaySettings,
     StripeGatewaySettings,
+    OAuthGatewaySettings,
 ):
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")

@@ -25,6 +25,7 @@ from imagegen_gateway.idempotency import IdempotencyKeys
 from imagegen_gateway.jobs import JobBus
 from imagegen_gateway.mcp_server.tools import ImagegenTools, build_server
 from imagegen_gateway.mcp_server.transport import McpEndpoint
+from imagegen_gateway.oauth.client import OAuthBilling  # oauth
 from imagegen_gateway.ratelimit import RateLimiter
 from imagegen_gateway.webhooks.dispatcher import WebhookDispatcher
 from imagegen_gateway.webhooks.sender import WebhookSender
@@ -88,7 +89,16 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         await bus.start()
         catalog = ModelCatalog(billing)
         generators = GeneratorRegistry(nc.jetstream(), settings.nats_stream_replicas)
-        authenticator = Authenticator(billing, settings.auth_cache_seconds)
+        authenticator = Authenticator(
+            billing,
+            settings.auth_cache_seconds,
+            oauth=OAuthBilling(
+                settings.billing_address,
+                settings.billing_timeout_seconds,
+                settings.billing_gateway_secret.get_secret_value(),
+            ),
+            resource=settings.public_base_url.rstrip("/") + "/api/mcp",  # the OAuth tokens' one audience
+        )
         await listen_for_revocations(nc, authenticator)  # ends with the connection's drain
         generations = Generations(
             billing=billing,

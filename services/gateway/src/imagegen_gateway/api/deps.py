@@ -10,7 +10,7 @@ import nats.errors
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from imagegen_gateway.authentication import Principal
+from imagegen_gateway.authentication import Principal, required_scope
 from imagegen_gateway.errors import RateLimitedError, ServiceUnavailableError
 from imagegen_gateway.metrics import RATE_LIMITED
 from imagegen_gateway.ratelimit import RateDecision
@@ -39,8 +39,13 @@ async def authenticated(
     gateway: GatewayDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
-    """The caller; InvalidTokenError (401) for a missing, unknown or revoked token."""
-    return await gateway.authenticator.from_headers(request.headers)
+    """The caller; InvalidTokenError (401) for a missing, unknown or revoked token, and
+    InsufficientScopeError (403) for an OAuth token without the scope the path needs."""
+    principal = await gateway.authenticator.from_headers(request.headers)
+    scope = required_scope(request.url.path)  # oauth
+    if scope is not None:
+        principal.require(scope)
+    return principal
 
 
 Caller = Annotated[Principal, Depends(authenticated)]

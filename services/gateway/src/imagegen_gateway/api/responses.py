@@ -23,7 +23,7 @@ from imagegen_gateway.api.schemas import (
     RateLimitedBody,
     ValidationErrorBody,
 )
-from imagegen_gateway.authentication import bearer_token
+from imagegen_gateway.authentication import InsufficientScopeError, bearer_token
 from imagegen_gateway.errors import (
     GatewayError,
     InsufficientCreditsError,
@@ -97,6 +97,9 @@ def gateway_error_response(exc: GatewayError, *, token_sent: bool = True) -> JSO
         return error_response(
             exc.status, exc.code, exc.message, required=exc.required, available=exc.available
         )
+    if isinstance(exc, InsufficientScopeError):  # oauth: RFC 6750 §3.1
+        challenge = f'Bearer realm="{REALM}", error="insufficient_scope", scope="{exc.scope}"'
+        return error_response(exc.status, exc.code, exc.message, headers={"WWW-Authenticate": challenge})
     if isinstance(exc, RateLimitedError):
         return error_response(
             exc.status, exc.code, exc.message, headers=exc.headers, retry_after=exc.retry_after

@@ -33,11 +33,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagegen_gateway.api.responses import error_response, gateway_error_response, unauthorized
-from imagegen_gateway.authentication import MISSING_TOKEN, Authenticator, Principal, bearer_token
+from imagegen_gateway.authentication import (
+    MISSING_TOKEN,
+    SCOPE_GENERATE,
+    Authenticator,
+    InsufficientScopeError,
+    Principal,
+    bearer_token,
+)
 from imagegen_gateway.errors import GatewayError, InvalidTokenError
 from imagegen_gateway.mcp_server.tools import PRINCIPAL_SCOPE_KEY, InFlightCalls
 
 EVENT_STREAM = "text/event-stream"
+GENERATE_TOOL = "generate_image"
 
 
 def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
@@ -100,6 +108,26 @@ def inspect_body(body: bytes) -> JsonRpcRefusal | Cancellation | None:
         if isinstance(request_id, str | int) and _valid_id(request_id):
             return Cancellation(request_id)
     return None
+
+
+def calls_tool(body: bytes, name: str) -> bool:
+    """Whether a (valid) body calls the tool ``name``; asked only of tokens that lack a scope."""
+    parsed = pydantic_core.from_json(body)
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    return any(
+        isinstance(message, dict)
+        and message.get("method") == "tools/call"
+        and isinstance(message.get("params"), dict)
+        and message["params"].get("name") == name
+        for message in messages
+    )
+
+
+def scope_refusal(principal: Principal, body: bytes) -> Response | None:
+    """403 ``insufficient_scope`` for an OAuth token without ``images:generate`` calling generate_image."""
+    if SCOPE_GENERATE in principal.scopes or not calls_tool(body, GENERATE_TOOL):
+        return None
+    return gateway_error_response(InsufficientScopeError(SCOPE_GENERATE))
 
 
 def _trimmed_headers(scope: Scope) -> Scope:
@@ -195,8 +223,11 @@ class McpEndpoint:
         if body is None:
             return
         inspected = inspect_body(body)
-        if isinstance(inspected, JsonRpcRefusal):
-            await inspected.response()(scope, receive, send)
+        turned_away: Response | None = (
+            inspected.response() if isinstance(inspected, JsonRpcRefusal) else scope_refusal(refusal, body)
+        )
+        if turned_away is not None:
+            await turned_away(scope, receive, send)
             return
         if isinstance(inspected, Cancellation):
             self.in_flight.cancel(refusal.account_id, inspected.request_id)

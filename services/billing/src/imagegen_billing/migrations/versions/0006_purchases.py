@@ -2,7 +2,7 @@
 that refunds and disputes may take below zero.
 
 Revision ID: 0006
-Revises: 0004 (on the stripe branch; 0005 comes from the oauth branch and the chain is fixed at merge)
+Revises: 0005 (on the stripe branch; 0005 comes from the oauth branch and the chain is fixed at merge)
 Create Date: 2026-12-02
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
