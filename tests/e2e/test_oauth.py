@@ -90,7 +90,8 @@ def session_for(stack: RunningStack, account: Account) -> str:
             metadata=(("authorization", f"Bearer {stack.admin_token}"),),
         )
         signed: str = portal.CompleteEmailSignIn(
-            portal_pb.CompleteEmailSignInRequest(link_token=link.link_token)
+            portal_pb.CompleteEmailSignInRequest(link_token=link.link_token),
+            metadata=stack.billing_metadata(),  # as the gateway's portal pages call it
         ).session_token
     return signed
 

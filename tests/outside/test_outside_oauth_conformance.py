@@ -50,7 +50,8 @@ def session_for(stack: RunningStack, email: str) -> str:
         auth = (("authorization", f"Bearer {stack.admin_token}"),)
         link = portal.CreateLoginLink(portal_pb.CreateLoginLinkRequest(account=email), metadata=auth)
         token: str = portal.CompleteEmailSignIn(
-            portal_pb.CompleteEmailSignInRequest(link_token=link.link_token)
+            portal_pb.CompleteEmailSignInRequest(link_token=link.link_token),
+            metadata=stack.billing_metadata(),  # as the gateway's portal pages call it
         ).session_token
     return token
 
