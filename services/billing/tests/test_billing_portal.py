@@ -20,9 +20,10 @@ from imagegen.portal.v1 import portal_service_pb2 as pb
 from imagegen.portal.v1 import portal_service_pb2_grpc
 from imagegen_billing.db import Database
 from imagegen_billing.models import login_links, sessions
-from imagegen_billing.people import SignupPolicy, SignupRules, safe_next_path
+from imagegen_billing.people import SignupPolicy, SignupRules
 from imagegen_billing.server import BillingServer
 from imagegen_billing.store import now
+from imagegen_common.redirects import safe_next_path
 from imagegen_testing.billing_callers import service_channel
 
 if TYPE_CHECKING:

@@ -9,8 +9,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from imagegen.billing.v1 import resources_pb2
+from imagegen_common.redirects import safe_next_path
 from imagegen_gateway.portal import views
-from imagegen_gateway.portal.security import csrf_token_for, safe_next_path
+from imagegen_gateway.portal.security import csrf_token_for
 
 MCP_URL = "https://img.example.test/api/mcp"
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from ipaddress import ip_address
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import grpc
 import typer
@@ -16,26 +14,10 @@ from imagegen.oauth.v1 import oauth_service_pb2 as pb
 from imagegen.oauth.v1 import oauth_service_pb2_grpc
 from imagegen_billing.admin_cli import _admin, app, fail
 from imagegen_billing.portal_admin_cli import _explain
+from imagegen_common.redirects import redirect_uri_allowed
 
 oauth_client_app = typer.Typer(help="Pre-register OAuth clients (MCP connectors).", no_args_is_help=True)
 app.add_typer(oauth_client_app, name="oauth-client")
-
-
-def redirect_uri_allowed(uri: str) -> bool:
-    """https, or http on a loopback address (the gateway's rule, checked here before anything is made)."""
-    parts = urlsplit(uri)
-    if parts.fragment or not parts.hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    if parts.scheme != "http":
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
 
 
 @oauth_client_app.command("create")

@@ -18,8 +18,6 @@ SECRET_BYTES = 32
 MAX_SECRET_CHARS = 128
 #: A session's last-seen time is written at most this often, so that GetSession stays mostly a read.
 TOUCH_RESOLUTION = timedelta(minutes=1)
-#: Long enough for an OAuth authorize URL (PKCE, state, resource, redirect URI) to come back to.
-MAX_NEXT_PATH_CHARS = 2048
 
 
 class RateLimitedError(BillingError):
@@ -102,23 +100,6 @@ def hash_secret(secret: str) -> str:
 
 def plausible(secret: str, prefix: str) -> bool:
     return secret.startswith(prefix) and len(secret) <= MAX_SECRET_CHARS
-
-
-def safe_next_path(path: str) -> str:
-    """``path`` when it is one of our own absolute paths (``/account/tokens?x=1``), else "".
-
-    Refuses anything a browser could read as another origin: schemes, ``//host``, ``/\\host``, and
-    control characters or backslashes anywhere.
-    """
-    path = path.strip()
-    if (
-        not path.startswith("/")
-        or path.startswith(("//", "/\\"))
-        or len(path) > MAX_NEXT_PATH_CHARS
-        or any(ch == "\\" or ord(ch) < 0x21 or ord(ch) == 0x7F for ch in path)
-    ):
-        return ""
-    return path
 
 
 def role_of(value: str) -> Role:

@@ -52,6 +52,7 @@ from imagegen_billing.store import (
     to_token,
 )
 from imagegen_common.ids import random_id
+from imagegen_common.redirects import safe_next_path
 
 INVALID_SESSION = "not signed in, or the session has ended"
 INVALID_LINK = "this sign-in link is invalid, used or expired"
@@ -161,7 +162,7 @@ class Portal:
                 token_hash=people.hash_secret(secret),
                 email=email,
                 account_id=account_id,
-                next_path=people.safe_next_path(next_path),
+                next_path=safe_next_path(next_path),
                 create_time=at,
                 expire_time=expire,
                 use_time=None,

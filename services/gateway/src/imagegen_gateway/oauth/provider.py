@@ -9,7 +9,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from ipaddress import ip_address
 from urllib.parse import urlencode, urlsplit
 
 import grpc
@@ -26,6 +25,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from pydantic import AnyUrl, ValidationError
 
 from imagegen.oauth.v1 import oauth_service_pb2 as pb
+from imagegen_common.redirects import redirect_uri_allowed
 from imagegen_common.safe_fetch import FetchError, FetchPolicy, SafeFetcher
 from imagegen_gateway.authentication import ALL_SCOPES, SCOPE_ACCOUNT, SCOPE_GENERATE
 from imagegen_gateway.oauth.client import OAuthBilling, OAuthCallError
@@ -35,25 +35,6 @@ SCOPES_SUPPORTED = [SCOPE_GENERATE, SCOPE_ACCOUNT]
 #: A metadata document is fetched again after this long (it is cached in billing meanwhile).
 DOCUMENT_MAX_AGE_SECONDS = 3600
 DOCUMENT_MAX_BYTES = 16 * 1024
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
-
-
-def redirect_uri_allowed(uri: str) -> bool:
-    """https anywhere, or http on a loopback address (any port: native apps pick one); no fragment."""
-    parts = urlsplit(uri)
-    if parts.fragment or not parts.hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    if parts.scheme != "http":
-        return False
-    host = parts.hostname
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_metadata_document_id(client_id: str) -> bool:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from imagegen.portal.v1 import portal_service_pb2 as pb
-from imagegen_gateway.portal import security
+from imagegen_common.redirects import safe_next_path
 from imagegen_gateway.portal.client import NotSignedIn
 from imagegen_gateway.portal.context import portal_of
 from imagegen_gateway.portal.oidc import FLOW_COOKIE, FLOW_SECONDS, Flow, OidcError
@@ -26,7 +26,7 @@ async def start_oidc(request: Request, next: str = "") -> Response:  # noqa: A00
     portal = portal_of(request)
     if portal.oidc is None:
         return portal.message(request, "Not available", "Single sign-on is not set up here.", 404)
-    flow = Flow.new(security.safe_next_path(next))
+    flow = Flow.new(safe_next_path(next))
     try:
         url = await portal.oidc.authorization_url(flow)
     except Exception as exc:  # the provider is down or misconfigured: say so, never a stack trace

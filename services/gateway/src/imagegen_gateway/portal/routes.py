@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Query, Request
 from starlette.responses import Response
 
 from imagegen.portal.v1 import portal_service_pb2 as pb
+from imagegen_common.redirects import safe_next_path
 from imagegen_gateway.portal import security, views
 from imagegen_gateway.portal.client import BadInput, NotFound, NotSignedIn, RateLimited
 from imagegen_gateway.portal.context import LINK_MINUTES, portal_of, see_other
@@ -40,7 +41,7 @@ async def require_session(request: Request) -> pb.Session:
         return await portal_of(request).client.session(security.session_secret(request))
     except NotSignedIn:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise SignInRequired(security.safe_next_path(target)) from None
+        raise SignInRequired(safe_next_path(target)) from None
 
 
 async def _optional_session(request: Request) -> pb.Session | None:
@@ -65,7 +66,7 @@ def check_csrf(request: Request, token: str) -> None:
 async def landing(request: Request, next: str = "") -> Response:  # noqa: A002 - the query's name
     portal = portal_of(request)
     session = await _optional_session(request)
-    return portal.render(request, "landing.html", session, next_path=security.safe_next_path(next), email="")
+    return portal.render(request, "landing.html", session, next_path=safe_next_path(next), email="")
 
 
 @router.post("/signin/email")
@@ -77,7 +78,7 @@ async def start_email_sign_in(
 ) -> Response:
     check_csrf(request, csrf)
     portal = portal_of(request)
-    next_path = security.safe_next_path(next)
+    next_path = safe_next_path(next)
     try:
         reply = await portal.client.call(
             lambda s: s.StartEmailSignIn,
@@ -137,7 +138,7 @@ async def complete_sign_in(
 def signed_in(request: Request, secret: str, session: pb.Session, next_path: str) -> Response:
     """A new session cookie (never the one the browser had: no session fixation) and on to the page."""
     portal = portal_of(request)
-    response = see_other(security.safe_next_path(next_path) or "/account/tokens")
+    response = see_other(safe_next_path(next_path) or "/account/tokens")
     max_age = session.expire_time.seconds - session.create_time.seconds
     portal.cookies.set_session(response, secret, max_age)
     return response
