@@ -308,6 +308,14 @@ def dev(
         typer.Option(help="Write one JSON object with the stack's addresses and tokens once ready."),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface the gateway listens on.")] = "127.0.0.1",
+    any_ports: Annotated[
+        bool,
+        typer.Option(
+            "--any-ports",
+            help="Give billing, the generator and NATS any free ports rather than the well-known ones "
+            "(50051, 9101, 9102, 4222), so that several stacks can run on one machine.",
+        ),
+    ] = False,
 ) -> None:
     """Start the whole stack (NATS, billing, generator, gateway) with embedded defaults."""
     data = (data_dir or Path(os.environ.get("IMAGEGEN_DATA_DIR", ".imagegen"))).resolve()
@@ -330,6 +338,7 @@ def dev(
             "IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE": os.environ.get("IMAGEGEN_SIGNIN_LINKS_ON_CONSOLE", "true"),
         },
         secrets=state.service_secrets,
+        preferred_ports=not any_ports,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -36,7 +36,14 @@ def start_dev(data_dir: Path, ready_file: Path, port: int) -> ChildProcess:
     dev = ChildProcess(
         "dev",
         imagegen_command(
-            "dev", "--port", str(port), "--data-dir", str(data_dir), "--ready-file", str(ready_file)
+            "dev",
+            "--port",
+            str(port),
+            "--any-ports",
+            "--data-dir",
+            str(data_dir),
+            "--ready-file",
+            str(ready_file),
         ),
         log_path=data_dir.parent / "dev.log",
     ).start()

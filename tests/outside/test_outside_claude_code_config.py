@@ -40,7 +40,14 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRun]:
     root = tmp_path_factory.mktemp("dev")
     ready_file = root / "ready.json"
     command = imagegen_command(
-        "dev", "--port", str(free_port()), "--data-dir", str(root / "data"), "--ready-file", str(ready_file)
+        "dev",
+        "--port",
+        str(free_port()),
+        "--any-ports",
+        "--data-dir",
+        str(root / "data"),
+        "--ready-file",
+        str(ready_file),
     )
     process = ChildProcess("imagegen-dev", command, log_path=root / "dev.log")
     # Embedded defaults, as on a fresh machine: none of this environment's IMAGEGEN_ settings

@@ -32,6 +32,7 @@ def test_dev_prints_a_working_sign_in_link_and_logs_new_ones(tmp_path: Path) -> 
         "dev",
         "--port",
         str(free_port()),
+        "--any-ports",
         "--data-dir",
         str(tmp_path / "data"),
         "--ready-file",
