@@ -12,7 +12,13 @@ take ``--delay`` seconds, then sends ``--calls`` MCP ``tools/call generate_image
 - what is still held afterwards (credits reserved and never settled; must be 0).
 
 Baseline, in the same run: the same number of predictions sent straight to the fake Replicate at once
-(``Prefer: wait``, one HTTP client): what the provider alone takes, without our path.
+(``Prefer: wait``): what the provider alone takes, without our path.
+
+The fake runs in a process of its own (its CPU is in the table), so that the bench's clients do not
+share an interpreter with it; the clients spread their connections over pools of
+``CLIENT_POOL_SIZE`` (one httpx pool walks all of its connections for every request, which costs
+more CPU than the path measured once there are a thousand). The generator runs with the production
+``Prefer: wait`` and polling settings, not the brisk ones the fake gives tests.
 
     python bench/long_wait.py [--calls 1000] [--delay 20] [--concurrency 1024] [--gateways 1]
                               [--database sqlite|postgres] [--size 512] [--output-size model|requested]
@@ -26,11 +32,13 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import quantiles
@@ -45,6 +53,10 @@ from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.stack import RunningStack, start_stack
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Connections per httpx client of the bench's own callers.
+CLIENT_POOL_SIZE = 64
+#: The fake's settings that make tests poll briskly; the bench measures the generator's defaults.
+TEST_ONLY_GENERATOR_ENV = ("IMAGEGEN_REPLICATE_WAIT_SECONDS", "IMAGEGEN_REPLICATE_POLL_INTERVAL_SECONDS")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,20 +94,68 @@ class Run:
         return quantiles(self.latencies, n=100, method="inclusive")[p - 1]
 
 
-async def baseline(fake: FakeReplicate, calls: int, size: int) -> Run:
+def _serve_fake(conn: multiprocessing.connection.Connection, delay: float, output_size: int | None) -> None:
+    """The fake Replicate's process: serves until told to stop; ``reset`` clears what it recorded."""
+    with FakeReplicate() as fake:
+        fake.behaviour.delay_seconds = delay
+        fake.behaviour.output_size = (output_size, output_size) if output_size else None
+        conn.send((fake.url, fake.token, fake.generator_env()))
+        while (command := conn.recv()) != "stop":
+            if command == "reset":
+                fake.reset()
+                fake.behaviour.delay_seconds = delay
+                fake.behaviour.output_size = (output_size, output_size) if output_size else None
+            conn.send("ok")
+
+
+class FakeProcess:
+    """The fake Replicate in a process of its own."""
+
+    def __init__(self, delay: float, output_size: int | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve_fake, args=(child, delay, output_size), name="fake-replicate", daemon=True
+        )
+        self.delay = delay
+
+    def __enter__(self) -> FakeProcess:
+        self.process.start()
+        self.url, self.token, self.generator_env = self._conn.recv()
+        return self
+
+    def reset(self) -> None:
+        self._conn.send("reset")
+        self._conn.recv()
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.send("stop")
+        self.process.join(timeout=15)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+@contextlib.asynccontextmanager
+async def client_pools(calls: int, **options: Any) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Enough httpx clients of ``CLIENT_POOL_SIZE`` connections for ``calls`` requests at once."""
+    limits = httpx.Limits(max_connections=CLIENT_POOL_SIZE, max_keepalive_connections=CLIENT_POOL_SIZE)
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(httpx.AsyncClient(limits=limits, **options))
+            for _ in range(math.ceil(calls / CLIENT_POOL_SIZE))
+        ]
+
+
+async def baseline(fake: FakeProcess, calls: int, size: int) -> Run:
     """``calls`` predictions straight to the fake at once, each waiting for its result."""
-    limits = httpx.Limits(max_connections=calls + 10, max_keepalive_connections=calls + 10)
-    headers = {
-        "Authorization": f"Bearer {fake.token}",
-        "Prefer": f"wait={int(fake.behaviour.delay_seconds) + 30}",
-    }
+    headers = {"Authorization": f"Bearer {fake.token}", "Prefer": f"wait={int(fake.delay) + 30}"}
     errors: Counter[str] = Counter()
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=fake.url, limits=limits, timeout=600, headers=headers) as client:
+    async with client_pools(calls, base_url=fake.url, timeout=600, headers=headers) as clients:
 
-        async def one() -> None:
+        async def one(number: int) -> None:
             started = time.perf_counter()
-            reply = await client.post(
+            reply = await clients[number % len(clients)].post(
                 "/v1/models/google/nano-banana/predictions",
                 json={"input": {"prompt": "a lighthouse", "width": size, "height": size}},
             )
@@ -106,7 +166,7 @@ async def baseline(fake: FakeReplicate, calls: int, size: int) -> Run:
                 errors[f"http {reply.status_code} {status}"] += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(calls)))
+        await asyncio.gather(*(one(i) for i in range(calls)))
     return Run(time.perf_counter() - started, latencies, errors)
 
 
@@ -125,11 +185,10 @@ def _error_kind(body: dict[str, Any]) -> str | None:
 
 
 async def through_imagegen(urls: list[str], token: str, calls: int, size: int, timeout: float) -> Run:
-    limits = httpx.Limits(max_connections=calls + 10, max_keepalive_connections=calls + 10)
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
     errors: Counter[str] = Counter()
     latencies: list[float] = []
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers) as client:
+    async with client_pools(calls, timeout=timeout, headers=headers) as clients:
 
         async def one(number: int) -> None:
             request = {
@@ -143,7 +202,7 @@ async def through_imagegen(urls: list[str], token: str, calls: int, size: int, t
             }
             started = time.perf_counter()
             try:
-                reply = await client.post(urls[number % len(urls)], json=request)
+                reply = await clients[number % len(clients)].post(urls[number % len(urls)], json=request)
             except httpx.HTTPError as exc:
                 errors[f"http {type(exc).__name__}"] += 1
                 return
@@ -177,15 +236,17 @@ def held_credits(stack: RunningStack, account_id: str) -> int:
     return int(stack.account(account_id).account.reserved_credits)
 
 
-def processes_of(stack: RunningStack) -> dict[str, int]:
+def processes_of(stack: RunningStack, fake: FakeProcess) -> dict[str, int]:
     found = {child.name: child.pid for child in stack.stack.children}
     if stack.nats.process is not None:
         found["nats"] = stack.nats.process.pid
+    if fake.process.pid is not None:
+        found["fake-replicate (not ours)"] = fake.process.pid
     return found
 
 
 def report(
-    args: argparse.Namespace, base: Run, ours: Run, stack: RunningStack, cpu: dict[str, float]
+    args: argparse.Namespace, base: Run, ours: Run, processes: dict[str, int], cpu: dict[str, float]
 ) -> None:
     waves = math.ceil(args.calls / args.concurrency)
     ideal = args.delay * waves
@@ -202,23 +263,25 @@ def report(
     for kind, count in ours.errors.most_common():
         print(f"  error {kind}: {count}")
     print(f"{'process':28}{'peak RSS MB':>12}{'CPU s':>8}")
-    for name, pid in processes_of(stack).items():
+    for name, pid in processes.items():
         print(f"{name:28}{peak_rss_mb(pid):>12.0f}{cpu.get(name, 0.0):>8.1f}")
     print(f"ratio to baseline wall time: {ours.wall / base.wall:.2f}")
 
 
 async def main_async(args: argparse.Namespace, database_url: str) -> None:
-    with FakeReplicate() as fake, tempfile.TemporaryDirectory(prefix="imagegen-bench-") as tmp:
-        output = None if args.output_size == "model" else (args.size, args.size)
-        fake.behaviour.delay_seconds = args.delay
-        fake.behaviour.output_size = output
+    output = None if args.output_size == "model" else args.size
+    with (
+        FakeProcess(args.delay, output) as fake,
+        tempfile.TemporaryDirectory(prefix="imagegen-bench-") as tmp,
+    ):
         base = await baseline(fake, args.calls, args.size)
         fake.reset()
-        fake.behaviour.delay_seconds = args.delay
-        fake.behaviour.output_size = output
         env = {"IMAGEGEN_DATABASE_URL": database_url} if database_url else {}
         env["IMAGEGEN_JOB_TIMEOUT_SECONDS"] = str(int(args.delay * 3 + 60))
-        generator_env = fake.generator_env(IMAGEGEN_GENERATOR_CONCURRENCY=str(args.concurrency))
+        generator_env = {
+            **{k: v for k, v in fake.generator_env.items() if k not in TEST_ONLY_GENERATOR_ENV},
+            "IMAGEGEN_GENERATOR_CONCURRENCY": str(args.concurrency),
+        }
         stack = await asyncio.to_thread(start_stack, Path(tmp), 1, env, None, generator_env)
         try:
             urls = [stack.mcp_url]
@@ -227,7 +290,7 @@ async def main_async(args: argparse.Namespace, database_url: str) -> None:
                 stack.stack.start_gateway("127.0.0.1", port, name=f"gateway-{i}")
                 urls.append(f"http://127.0.0.1:{port}/api/mcp")
             account = stack.create_account(credits=args.calls * 100)
-            processes = processes_of(stack)
+            processes = processes_of(stack, fake)
             before = {name: cpu_seconds(pid) for name, pid in processes.items()}
             recording = (
                 Profiler(args.py_spy or "py-spy", Path(args.profile)).recording(stack, "long-wait")
@@ -242,7 +305,7 @@ async def main_async(args: argparse.Namespace, database_url: str) -> None:
             stack.wait_for(
                 lambda: held_credits(stack, account.account_id) == 0, timeout=120, what="holds settled"
             )
-            report(args, base, ours, stack, cpu)
+            report(args, base, ours, processes, cpu)
             print(f"credits still held afterwards: {held_credits(stack, account.account_id)}")
             if args.json:
                 print(

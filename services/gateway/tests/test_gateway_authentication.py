@@ -3,6 +3,7 @@ disabled account's tokens) at once, on a real nats-server, while the cache still
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,9 +28,13 @@ class FakeBilling:
         default_factory=lambda: {"igk_ada": ADA, "igk_ada_ci": ADA_CI, "igk_bob": BOB}
     )
     calls: int = 0
+    #: When set, every lookup waits for it: requests pile up while one is in flight.
+    gate: asyncio.Event | None = None
 
     async def authenticate(self, token: str) -> Principal:
         self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
         if token not in self.tokens:
             raise InvalidTokenError("invalid or revoked API token")
         return self.tokens[token]
@@ -55,6 +60,34 @@ async def test_the_cache_saves_a_call_and_forget_drops_only_what_was_revoked() -
     assert await auth.principal("igk_ada_ci") == ADA_CI and billing.calls == 4  # still cached
     assert auth.forget("acc_ada") == 1  # a disabled account: all its tokens
     assert await auth.principal("igk_bob") == BOB and billing.calls == 4
+
+
+async def test_a_burst_with_one_uncached_token_costs_one_lookup() -> None:
+    gate = asyncio.Event()
+    billing = FakeBilling(gate=gate)
+    auth = Authenticator(billing, cache_seconds=3600)
+    burst = [asyncio.ensure_future(auth.principal("igk_ada")) for _ in range(50)]
+    refused = [asyncio.ensure_future(revoked(auth, "igk_nobody")) for _ in range(5)]
+    await asyncio.sleep(0)
+    burst[0].cancel()  # the caller that started the lookup goes away: the others still get it
+    gate.set()
+    assert await asyncio.gather(*burst[1:]) == [ADA] * 49
+    assert await asyncio.gather(*refused) == [True] * 5
+    assert billing.calls == 2  # one per token
+    assert await auth.principal("igk_ada") == ADA and billing.calls == 2  # and it is cached
+
+
+async def test_a_lookup_answered_before_a_revocation_is_not_cached() -> None:
+    gate = asyncio.Event()
+    billing = FakeBilling(gate=gate)
+    auth = Authenticator(billing, cache_seconds=3600)
+    waiting = asyncio.ensure_future(auth.principal("igk_ada"))
+    await asyncio.sleep(0)
+    auth.forget("acc_ada", "tok_1")  # the broadcast comes while billing's answer is on its way
+    gate.set()
+    assert await waiting == ADA
+    del billing.tokens["igk_ada"]
+    assert await revoked(auth, "igk_ada")  # asked billing again rather than trusting that answer
 
 
 @pytest.mark.parametrize("revocation", [Revocation("acc_ada", "tok_1"), Revocation("acc_ada")])

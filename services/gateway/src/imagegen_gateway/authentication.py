@@ -1,13 +1,16 @@
 """Bearer-token authentication against billing, with a short cache so that a request costs no RPC
 when its token was checked a moment ago. Billing broadcasts revocations (``REVOCATIONS_SUBJECT``) and
 the gateway drops a revoked token from the cache at once (:meth:`Authenticator.forget`); a broadcast
-that is missed still leaves the cache time as the bound.
+that is missed still leaves the cache time as the bound. Concurrent requests with a token that is not
+cached share one lookup (a burst of a thousand calls with one token costs billing one RPC, not a
+thousand).
 
 Two kinds of bearer token: ``igk_`` API tokens (every scope) and OAuth access tokens (``iga_``, issue 12)
 that carry the scopes a person approved and are good only for the resource they were issued for."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -121,14 +124,32 @@ class Authenticator:
         self.resource = resource
         # keyed by a hash, so that no token sits in memory longer than the request that carried it
         self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        #: Lookups under way, shared by the requests that carry the same token meanwhile.
+        self._lookups: dict[bytes, asyncio.Task[Principal]] = {}
+        #: Counts revocations: a lookup that began before one is not cached (its answer may be stale).
+        self._revocations = 0
 
     async def principal(self, token: str) -> Principal:
         """The account of a token; raises InvalidTokenError for an unknown or revoked one."""
         key = hashlib.sha256(token.encode()).digest()
         cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            # A task of its own: a caller that goes away does not fail the others waiting on it.
+            lookup = asyncio.ensure_future(self._look_up(key, token, self._revocations))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._looked_up(key, done))
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, key: bytes, lookup: asyncio.Task[Principal]) -> None:
+        self._lookups.pop(key, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: every caller may have gone before it ended
+
+    async def _look_up(self, key: bytes, token: str, revocations: int) -> Principal:
+        now = time.monotonic()
         until = now + self.cache_seconds
         if token.startswith(OAUTH_ACCESS_PREFIX) and self.oauth is not None:
             access = await self.oauth.verify_access_token(token)
@@ -138,6 +159,8 @@ class Authenticator:
             until = min(until, now + max(access.expires_at - time.time(), 0.0))
         else:
             principal = await self.billing.authenticate(token)
+        if revocations != self._revocations:
+            return principal  # answered before a revocation came: good for its callers, not cached
         self._cache[key] = (principal, until)
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_CACHED_TOKENS:
@@ -147,6 +170,7 @@ class Authenticator:
     def forget(self, account_id: str, token_id: str = "") -> int:
         """Drops a revoked token (or, without ``token_id``, every token of a disabled account) from
         the cache, so that its next request asks billing; returns how many entries went."""
+        self._revocations += 1
         gone = [
             key
             for key, (principal, _) in self._cache.items()

@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
+from typing import Protocol
 
 from imagegen_common.catalog import CatalogError, ReplicateMapping, check_input_images
-from imagegen_gateway.billing_client import BillingClient
 from imagegen_gateway.domain import Model, ModelListing
 from imagegen_gateway.errors import InvalidInputError
 
 CACHE_SECONDS = 30.0
 
 
+class ModelSource(Protocol):
+    async def list_models(self) -> ModelListing: ...
+
+
 class ModelCatalog:
-    def __init__(self, billing: BillingClient) -> None:
+    def __init__(self, billing: ModelSource) -> None:
         self.billing = billing
         self._cached: ModelListing | None = None
         self._fetched_at = 0.0
+        #: The fetch under way, shared by every request that finds the cache stale meanwhile.
+        self._fetching: asyncio.Task[ModelListing] | None = None
 
     async def listing(self) -> ModelListing:
-        if self._cached is None or time.monotonic() - self._fetched_at > CACHE_SECONDS:
-            self._cached = await self.billing.list_models()
-            self._fetched_at = time.monotonic()
-        return self._cached
+        if self._cached is not None and time.monotonic() - self._fetched_at <= CACHE_SECONDS:
+            return self._cached
+        if self._fetching is None or self._fetching.done():
+            # A task of its own: a request that goes away does not fail the others waiting on it.
+            self._fetching = asyncio.ensure_future(self._fetch())
+            # retrieved here: every request may have gone before the fetch ended
+            self._fetching.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(self._fetching)
+
+    async def _fetch(self) -> ModelListing:
+        listing = await self.billing.list_models()
+        self._cached, self._fetched_at = listing, time.monotonic()
+        return listing
 
     async def get(self, key: str) -> Model:
         """The model of ``key`` (the default one when empty); the error names the valid keys."""
