@@ -8,11 +8,16 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from mcp.types import CallToolResult
 
+from imagegen.billing.v1 import billing_service_pb2, billing_service_pb2_grpc, resources_pb2
 from imagegen.billing.v1.resources_pb2 import LedgerEntry
+from imagegen.jobs.v1 import jobs_pb2
+from imagegen_common.service_auth import Caller
+from imagegen_gateway.generation import idempotent_job_id
 from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeBehaviour, FakeReplicate
 from imagegen_testing.mcp import mcp_client
@@ -111,6 +116,47 @@ async def test_notifications_cancelled_on_another_request_stops_the_call(
     slow_stack.wait_for(lambda: slow_stack.credits(account.account_id) == 10, what="credits returned")
     [release] = entries(slow_stack, account.account_id, LedgerEntry.KIND_RELEASE)
     assert release.note == "cancelled"
+
+
+async def test_waits_for_a_job_settled_elsewhere_end_from_billings_record(
+    slow_stack: RunningStack, fake: FakeReplicate
+) -> None:
+    """The waits' fallback for real: a first call and its idempotent repeat wait on a job whose
+    provider holds it; billing settles the job without any reply reaching the gateway (as when the
+    job replies to another gateway), and both waits end from billing's record (the status watch's
+    BatchGetReservations) well before the job's deadline."""
+    fake.behaviour = FakeBehaviour(hold=True)
+    account = slow_stack.create_account(credits=10)
+    headers = {"Authorization": f"Bearer {account.token}", "Content-Type": "application/json"}
+    arguments = {"prompt": "settled elsewhere", "width": 512, "height": 512, "idempotency_key": "k-1"}
+    params = {"name": "generate_image", "arguments": arguments}
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        def call(request_id: int) -> asyncio.Task[httpx.Response]:
+            body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+            return asyncio.create_task(client.post(slow_stack.mcp_url, headers=headers, json=body))
+
+        first = call(1)
+        await eventually(lambda: bool(creates_of(fake, "settled elsewhere")), what="the prediction")
+        repeat = call(2)
+        await asyncio.sleep(1.0)  # the repeat is waiting too (progress interval 0.5 s)
+        assert not first.done() and not repeat.done()
+        failure = resources_pb2.JobResult(
+            error=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, error_message="refused elsewhere"
+        )
+        with grpc.insecure_channel(slow_stack.billing_address) as channel:
+            billing_service_pb2_grpc.BillingServiceStub(channel).SettleJob(
+                billing_service_pb2.SettleJobRequest(
+                    job_id=idempotent_job_id(account.account_id, "k-1"), result=failure
+                ),
+                metadata=slow_stack.billing_metadata(Caller.GATEWAY),
+                timeout=10,
+            )
+        answers = await asyncio.wait_for(asyncio.gather(first, repeat), timeout=15)
+    for answer in answers:
+        result = answer.json()["result"]
+        assert result["isError"] and "refused elsewhere" in result["content"][0]["text"]
+    assert slow_stack.credits(account.account_id) == 10  # released by the settlement, once
 
 
 async def test_a_generator_killed_mid_job_leaves_it_to_another_and_it_is_paid_once(

@@ -88,11 +88,15 @@ async def test_the_gateway_identity_is_refused_webhook_secrets(
                 pb.ReserveRequest(account_id=account_id, job_id="img_1", amount=1), metadata=webhooks
             ),
             stub.GetAccount(pb.GetAccountRequest(account_id=account_id), metadata=webhooks),
+            # the waits' batched status reads are the gateway's alone
+            stub.BatchGetReservations(pb.BatchGetReservationsRequest(job_ids=["img_1"]), metadata=webhooks),
             stub.Authenticate(pb.AuthenticateRequest(token="igt_x"), metadata=webhooks),
         ):
             assert (await _refusal(call)).code == grpc.StatusCode.PERMISSION_DENIED
         account = await stub.GetAccount(pb.GetAccountRequest(account_id=account_id), metadata=gateway)
         assert account.account.credits == 10
+        batch = pb.BatchGetReservationsRequest(job_ids=["img_1"])
+        assert list((await stub.BatchGetReservations(batch, metadata=gateway)).reservations) == []
 
 
 async def test_a_method_nobody_is_granted_is_denied_to_every_identity(

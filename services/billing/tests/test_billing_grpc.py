@@ -624,3 +624,44 @@ async def test_a_reservation_keeps_its_prompt_bounded_for_the_accounts_history(
     assert second.reservation.details.prompt == "x" * 1024
     listed = await billing_stub.ListReservations(pb.ListReservationsRequest(account_id=account_id))
     assert {r.details.prompt for r in listed.reservations} == {"a lighthouse at dusk", "x" * 1024}
+
+
+async def test_batch_get_reservations_returns_those_that_exist_in_request_order(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    account_id = (await create_account(admin_stub, admin_metadata, 20)).account.id
+    for job_id in ("img_a", "img_b", "img_c"):
+        await billing_stub.Reserve(reserve(account_id, job_id, 2))
+    await billing_stub.SettleJob(pb.SettleJobRequest(job_id="img_b", result=IMAGE))
+
+    asked = ["img_c", "img_missing", "img_a", "img_b", "img_c"]
+    reply = await billing_stub.BatchGetReservations(pb.BatchGetReservationsRequest(job_ids=asked))
+    # unknown ids are left out, a repeated one comes once, the rest in the order asked
+    assert [r.job_id for r in reply.reservations] == ["img_c", "img_a", "img_b"]
+    assert [r.state for r in reply.reservations] == [HELD, HELD, CAPTURED]
+    single = await billing_stub.GetReservation(pb.GetReservationRequest(job_id="img_b"))
+    assert reply.reservations[2] == single.reservation  # the same mapping as GetReservation
+
+    nothing = await billing_stub.BatchGetReservations(pb.BatchGetReservationsRequest(job_ids=[]))
+    assert list(nothing.reservations) == []
+    unknown = pb.BatchGetReservationsRequest(job_ids=["img_x", "img_y"])
+    assert list((await billing_stub.BatchGetReservations(unknown)).reservations) == []
+
+
+async def test_batch_get_reservations_refuses_too_many_ids_or_a_bad_one(billing_stub: BillingStub) -> None:
+    as_many_as_allowed = pb.BatchGetReservationsRequest(job_ids=[f"img_{i}" for i in range(1000)])
+    assert list((await billing_stub.BatchGetReservations(as_many_as_allowed)).reservations) == []
+
+    too_many = pb.BatchGetReservationsRequest(job_ids=[f"img_{i}" for i in range(1001)])
+    bad = pb.BatchGetReservationsRequest(job_ids=["img_a", ""])
+    for request, message in (
+        (too_many, "a batch names at most 1000 job ids, not 1001"),
+        (bad, None),
+    ):
+        raised = await rpc_error(billing_stub.BatchGetReservations(request))
+        error = rpc_errors.from_error(raised)
+        assert raised.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.reason == Reason.ERROR_REASON_INVALID_ARGUMENT
+        assert [v.field for v in error.violations] == ["job_ids"]
+        if message is not None:
+            assert raised.details() == message

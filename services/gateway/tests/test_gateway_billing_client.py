@@ -81,6 +81,13 @@ class Billing(billing_service_pb2_grpc.BillingServiceServicer):
         )
         return pb.GetReservationResponse(reservation=captured)
 
+    async def BatchGetReservations(  # noqa: N802
+        self, request: Any, context: Any
+    ) -> pb.BatchGetReservationsResponse:
+        await self._refuse("BatchGetReservations", request, context)
+        found = [R(job_id=j, state=R.STATE_HELD) for j in request.job_ids if j != "img_unknown"]
+        return pb.BatchGetReservationsResponse(reservations=found)
+
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:  # noqa: N802
         await self._refuse("ListReservations", request, context)
         return pb.ListReservationsResponse()
@@ -168,6 +175,26 @@ async def test_a_release_of_no_reservation_is_none(served: tuple[Billing, Billin
     assert await client.release("img_a", ReleaseReason.CANCELLED) is None
     billing.refusals["GetReservation"] = billing.refusals["Release"]
     assert await client.find_reservation("img_a") is None
+
+
+async def test_reservations_are_read_in_one_call_and_refusals_translated(
+    served: tuple[Billing, BillingClient],
+) -> None:
+    billing, client = served
+    found = await client.reservations(["img_b", "img_unknown", "img_a"])
+    assert [(r.job_id, r.state) for r in found] == [
+        ("img_b", ReservationState.HELD),
+        ("img_a", ReservationState.HELD),
+    ]
+    assert list(billing.requests[0].job_ids) == ["img_b", "img_unknown", "img_a"]
+    billing.refusals["BatchGetReservations"] = _refusal(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ErrorReason.ERROR_REASON_INVALID_ARGUMENT,
+        violations=(FieldViolation("job_ids", "a batch names at most 1000 job ids, not 1001"),),
+    )
+    with pytest.raises(InvalidInputError) as raised:
+        await client.reservations([f"img_{i}" for i in range(1001)])
+    assert raised.value.field == "job_ids"
 
 
 async def test_a_bad_page_token_names_the_cursor(served: tuple[Billing, BillingClient]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +28,7 @@ from imagegen_gateway.domain import (
 from imagegen_gateway.errors import GenerationFailedError, GenerationTimeoutError, ServiceUnavailableError
 from imagegen_gateway.generation import Generations, ImageRequest, idempotent_job_id
 from imagegen_gateway.jobs import JobSpec, JobUpdate, Progress
+from imagegen_gateway.status_watch import StatusWatch
 
 MODEL = Model(
     key="m",
@@ -49,23 +50,25 @@ class FakeBilling:
     """Billing's ledger in a dict; records every release and settlement it is asked for."""
 
     credits: int = 100
-    reservations: dict[str, Reservation] = field(default_factory=dict)
+    records: dict[str, Reservation] = field(default_factory=dict)
     releases: list[tuple[str, ReleaseReason]] = field(default_factory=list)
     settlements: list[tuple[str, JobResult]] = field(default_factory=list)
     #: What a release finds: set to CAPTURED to play an image made before the release came.
     captured_result: JobResult | None = None
     #: Billing away: this many releases fail first (ServiceUnavailableError).
     failing_releases: int = 0
-    #: Billing stalled or away for status checks: GetReservation fails after this delay.
+    #: Billing stalled or away for status checks: BatchGetReservations fails after this delay.
     status_fails_after: float | None = None
+    #: The job ids of every BatchGetReservations call.
+    status_reads: list[list[str]] = field(default_factory=list)
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
     ) -> HeldBatch:
         created = []
         for r in requests:
-            if r.job_id not in self.reservations:
-                self.reservations[r.job_id] = Reservation(
+            if r.job_id not in self.records:
+                self.records[r.job_id] = Reservation(
                     job_id=r.job_id,
                     account_id=account_id,
                     amount=r.amount,
@@ -77,7 +80,7 @@ class FakeBilling:
                 self.credits -= r.amount
                 created.append(r.job_id)
         return HeldBatch(
-            reservations=tuple(self.reservations[r.job_id] for r in requests),
+            reservations=tuple(self.records[r.job_id] for r in requests),
             credits=self.credits,
             created_job_ids=frozenset(created),
         )
@@ -87,29 +90,30 @@ class FakeBilling:
             self.failing_releases -= 1
             raise ServiceUnavailableError("billing is unavailable; please try again shortly")
         self.releases.append((job_id, reason))
-        held = self.reservations.get(job_id)
+        held = self.records.get(job_id)
         if held is None:
             return None
         if self.captured_result is not None:
             settled = replace(held, state=ReservationState.CAPTURED, result=self.captured_result)
         else:
             settled = replace(held, state=ReservationState.RELEASED, release_reason=reason)
-        self.reservations[job_id] = settled
+        self.records[job_id] = settled
         return settled
 
     async def settle(self, job_id: str, result: JobResult) -> Settlement:
         self.settlements.append((job_id, result))
         state = ReservationState.CAPTURED if result.succeeded else ReservationState.RELEASED
-        settled = replace(self.reservations[job_id], state=state, result=result)
-        self.reservations[job_id] = settled
+        settled = replace(self.records[job_id], state=state, result=result)
+        self.records[job_id] = settled
         outcome = SettleOutcome.CAPTURED if result.succeeded else SettleOutcome.RELEASED
         return Settlement(settled, outcome)
 
-    async def reservation(self, job_id: str) -> Reservation:
+    async def reservations(self, job_ids: Sequence[str]) -> list[Reservation]:
+        self.status_reads.append(list(job_ids))
         if self.status_fails_after is not None:
             await asyncio.sleep(self.status_fails_after)
             raise ServiceUnavailableError("billing is unavailable; please try again shortly")
-        return self.reservations[job_id]
+        return [self.records[job_id] for job_id in job_ids if job_id in self.records]
 
 
 @dataclass
@@ -148,13 +152,28 @@ REQUEST = ImageRequest(prompt="a fox", model="m", width=1024, height=1024)
 IMAGE = JobResult(image_url="http://x/images/img_a.png", mime_type="image/png", width=1024, height=1024)
 
 
+#: The status watches the tests started, stopped after each test.
+_running: list[StatusWatch] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_status_watches() -> AsyncIterator[None]:
+    yield
+    while _running:
+        await _running.pop().stop()
+
+
 def _generations(
     billing: FakeBilling, jobs: FakeJobs, job_timeout: float = 30.0, release_patience: float = 5.0
 ) -> Generations:
+    status = StatusWatch(billing, interval=0.05)
+    status.start()
+    _running.append(status)
     return Generations(
         billing=billing,
         bus=jobs,
         catalog=FakeCatalog(),
+        status=status,
         job_timeout=job_timeout,
         reservation_grace=60.0,
         poll_interval=0.05,
@@ -236,8 +255,8 @@ async def test_a_repeat_of_an_idempotent_request_is_not_queued_again() -> None:
     billing, jobs = FakeBilling(credits=100), FakeJobs(answer=IMAGE)
     generations = _generations(billing, jobs)
     first = await generations.generate(PRINCIPAL, REQUEST, idempotency_key="k")
-    billing.reservations[first.image_id] = replace(
-        billing.reservations[first.image_id], state=ReservationState.CAPTURED, result=IMAGE
+    billing.records[first.image_id] = replace(
+        billing.records[first.image_id], state=ReservationState.CAPTURED, result=IMAGE
     )
     again = await generations.generate(PRINCIPAL, REQUEST, idempotency_key="k")
     assert again.image_id == first.image_id and len(jobs.published) == 1 and billing.credits == 96
@@ -277,13 +296,13 @@ async def test_a_timeout_billing_never_confirms_is_not_reported_as_free() -> Non
     job_id = jobs.published[0].job_id
     assert "No credits were charged" not in raised.value.message
     assert f"/api/images/{job_id}" in raised.value.message  # where the client finds out
-    assert billing.reservations[job_id].state is ReservationState.HELD
+    assert billing.records[job_id].state is ReservationState.HELD
 
 
 async def test_a_repeat_that_times_out_leaves_the_first_calls_job_alone_and_says_where_to_look() -> None:
     billing, jobs = FakeBilling(credits=100), FakeJobs()
     job_id = idempotent_job_id(PRINCIPAL.account_id, "k")
-    billing.reservations[job_id] = Reservation(  # held by a first call, on a gateway that died
+    billing.records[job_id] = Reservation(  # held by a first call, on a gateway that died
         job_id=job_id,
         account_id=PRINCIPAL.account_id,
         amount=4,
@@ -297,3 +316,47 @@ async def test_a_repeat_that_times_out_leaves_the_first_calls_job_alone_and_says
     assert "No credits were charged" not in raised.value.message  # the first call's job may finish
     assert f"/api/images/{job_id}" in raised.value.message
     assert billing.releases == [] and jobs.cancelled == [] and jobs.published == []
+
+
+async def test_a_repeat_whose_job_replies_elsewhere_ends_with_billings_record() -> None:
+    """A repeat of an idempotent request gets no reply (the first call's gateway does): its wait ends
+    when the status watch finds the reservation captured."""
+    billing, jobs = FakeBilling(credits=100), FakeJobs()
+    job_id = idempotent_job_id(PRINCIPAL.account_id, "k")
+    billing.records[job_id] = Reservation(  # held by a first call, on another gateway
+        job_id=job_id,
+        account_id=PRINCIPAL.account_id,
+        amount=4,
+        state=ReservationState.HELD,
+        create_time=datetime.now(UTC),
+        expire_time=datetime.now(UTC) + timedelta(seconds=90),
+        request_fingerprint=REQUEST.fingerprint(),
+    )
+    generations = _generations(billing, jobs)
+
+    async def first_call_finishes() -> None:
+        await asyncio.sleep(0.2)
+        billing.records[job_id] = replace(
+            billing.records[job_id], state=ReservationState.CAPTURED, result=IMAGE
+        )
+
+    finisher = asyncio.ensure_future(first_call_finishes())
+    image = await asyncio.wait_for(generations.generate(PRINCIPAL, REQUEST, idempotency_key="k"), 5)
+    await finisher
+    assert (image.image_id, image.image_url) == (job_id, IMAGE.image_url)
+    assert jobs.published == [] and billing.releases == []
+
+
+async def test_concurrent_waits_share_one_status_read_per_interval() -> None:
+    billing, jobs = FakeBilling(credits=100), FakeJobs()
+    generations = _generations(billing, jobs)
+    waits = [asyncio.ensure_future(generations.generate(PRINCIPAL, REQUEST)) for _ in range(5)]
+    while len(jobs.published) < 5:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # about six poll intervals
+    for job in jobs.published:
+        jobs._queues[job.job_id].put_nowait(IMAGE)
+    images = await asyncio.gather(*waits)
+    assert len({image.image_id for image in images}) == 5
+    full = [read for read in billing.status_reads if len(read) == 5]
+    assert full and len(billing.status_reads) <= 8  # one read for all five, not one per wait

@@ -22,6 +22,8 @@ MAX_MESSAGE_CHARS = 1000
 MAX_PROMPT_CHARS = 1024
 #: Most reservations one ReserveBatch may hold.
 MAX_BATCH_SIZE = 100
+#: Most job ids one BatchGetReservations may name.
+MAX_BATCH_GET_SIZE = 1000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -390,6 +392,17 @@ def check_batch(requests: Sequence[ReserveRequest]) -> str:
     if len(set(job_ids)) != len(job_ids):
         raise InvalidArgumentError("the job ids of a batch must be distinct", field="requests.job_id")
     return requests[0].account_id
+
+
+def check_batch_get(job_ids: Sequence[str]) -> list[str]:
+    """Validates a BatchGetReservations and returns its distinct job ids, in order of first mention."""
+    if len(job_ids) > MAX_BATCH_GET_SIZE:
+        raise InvalidArgumentError(
+            f"a batch names at most {MAX_BATCH_GET_SIZE} job ids, not {len(job_ids)}", field="job_ids"
+        )
+    for job_id in job_ids:
+        check_job_id(job_id, field="job_ids")
+    return list(dict.fromkeys(job_ids))
 
 
 def clip_result(result: JobResult) -> JobResult:

@@ -212,7 +212,8 @@ OPERATOR_METHODS = _methods(PORTAL_SERVICE, "CreateLoginLink", "SetAccountRole")
 #: guards it (AdminAuthInterceptor).
 CALLER_METHODS: Mapping[Caller, frozenset[str]] = {
     # The gateway's API: bearer tokens, the catalog and prices, reservations of its jobs and their
-    # status, the account page. Not the webhook signing secrets.
+    # status (one at a time, or all its waiting jobs at once: BatchGetReservations), the account
+    # page. Not the webhook signing secrets.
     Caller.GATEWAY: _billing(
         "Authenticate",
         "ListModels",
@@ -222,6 +223,7 @@ CALLER_METHODS: Mapping[Caller, frozenset[str]] = {
         "Release",
         "SettleJob",
         "GetReservation",
+        "BatchGetReservations",
         "ListReservations",
         "GetAccount",
     )

@@ -48,6 +48,7 @@ from imagegen_billing.domain import (
     WebhookState,
     check_account_id,
     check_batch,
+    check_batch_get,
     check_grant,
     check_job_id,
     check_release_reason,
@@ -101,6 +102,9 @@ _SETTLE_RESERVATION = (
     .returning(reservations)
 )
 _INSERT_RESERVATION = insert(reservations)
+_RESERVATIONS_OF_JOBS = select(reservations).where(
+    reservations.c.job_id.in_(bindparam("b_jobs", expanding=True))
+)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -404,6 +408,17 @@ class Ledger:
         if found is None:
             raise ReservationNotFoundError(job_id)
         return found
+
+    async def reservations(self, job_ids: Sequence[str]) -> list[Reservation]:
+        """The reservations of those jobs that have one, in the order of ``job_ids`` (a repeated id
+        once); unknown ids are left out. One SELECT … WHERE job_id IN (…), whatever the number."""
+        wanted = check_batch_get(job_ids)
+        if not wanted:
+            return []
+        async with self.db.read() as conn:
+            rows = (await conn.execute(_RESERVATIONS_OF_JOBS, {"b_jobs": wanted})).all()
+        found = {row.job_id: to_reservation(row) for row in rows}
+        return [found[job_id] for job_id in wanted if job_id in found]
 
     async def expired_job_ids(self, at: datetime, limit: int = 100) -> list[str]:
         """Job ids of held reservations whose expire time has passed, oldest first."""

@@ -108,6 +108,12 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
             reservation=convert.reservation(await self.ledger.reservation(request.job_id))
         )
 
+    async def BatchGetReservations(
+        self, request: pb.BatchGetReservationsRequest, context: Context
+    ) -> pb.BatchGetReservationsResponse:
+        found = await self.ledger.reservations(list(request.job_ids))
+        return pb.BatchGetReservationsResponse(reservations=[convert.reservation(r) for r in found])
+
     async def ListReservations(
         self, request: pb.ListReservationsRequest, context: Context
     ) -> pb.ListReservationsResponse:

@@ -223,6 +223,13 @@ class BillingClient:
         reply = await self._call(self.stub.GetReservation, pb.GetReservationRequest(job_id=job_id))
         return wire.reservation(reply.reservation)
 
+    async def reservations(self, job_ids: Sequence[str]) -> list[Reservation]:
+        """The reservations of those jobs that have one, in the order asked; unknown ids are left
+        out. At most 1000 ids a call (``status_watch.MAX_BATCH``; billing refuses more)."""
+        request = pb.BatchGetReservationsRequest(job_ids=job_ids)
+        reply = await self._call(self.stub.BatchGetReservations, request)
+        return [wire.reservation(r) for r in reply.reservations]
+
     async def find_reservation(self, job_id: str) -> Reservation | None:
         """The reservation of a job, or None when there is none."""
         try:

@@ -46,7 +46,12 @@ class GatewaySettings(
         description="Extra time a reservation outlives its job's deadline before billing's reaper frees it.",
     )
     progress_interval_seconds: float = Field(
-        5.0, gt=0, description="Interval of MCP progress notifications while a generation runs."
+        5.0,
+        gt=0,
+        description=(
+            "Interval of MCP progress notifications while a generation runs, and of the one batched read "
+            "of every waiting job's status from billing (the waits' fallback)."
+        ),
     )
     auth_cache_seconds: float = Field(
         5.0, ge=0, description="How long a checked API token is trusted without asking billing again."

@@ -48,6 +48,7 @@ from imagegen_gateway.errors import (
 )
 from imagegen_gateway.jobs import JobSpec, JobUpdate
 from imagegen_gateway.metrics import GENERATION_WAIT, IMAGES_SUBMITTED, WAITS_IN_FLIGHT
+from imagegen_gateway.status_watch import ReservationReader, StatusWatch
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,9 @@ _RELEASE_WORDS = {
 MAX_PROMPT_CHARS = 1024
 
 
-class Billing(Protocol):
-    """What the generation flow asks of billing (``BillingClient``)."""
+class Billing(ReservationReader, Protocol):
+    """What the generation flow asks of billing (``BillingClient``); the waits' status reads
+    (``reservations``) go through the ``StatusWatch``, batched for every wait."""
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
@@ -76,8 +78,6 @@ class Billing(Protocol):
     async def release(self, job_id: str, reason: ReleaseReason, detail: str = "") -> Reservation | None: ...
 
     async def settle(self, job_id: str, result: JobResult) -> Settlement: ...
-
-    async def reservation(self, job_id: str) -> Reservation: ...
 
 
 class Jobs(Protocol):
@@ -165,6 +165,7 @@ class Generations:
         billing: Billing,
         bus: Jobs,
         catalog: Catalog,
+        status: StatusWatch,
         job_timeout: float,
         reservation_grace: float,
         poll_interval: float,
@@ -173,6 +174,8 @@ class Generations:
         self.billing = billing
         self.bus = bus
         self.catalog = catalog
+        #: Billing's record of the waiting jobs, read for all of them at once (the waits' fallback).
+        self.status = status
         self.job_timeout = timedelta(seconds=job_timeout)
         self.reservation_grace = timedelta(seconds=reservation_grace)
         self.poll_interval = poll_interval
@@ -404,7 +407,8 @@ class Generations:
         """The job's result, from its reply subject or, as a fallback, from billing's record of it.
 
         Core NATS delivers a reply at most once; a repeat of an idempotent request waits for a job
-        that replies elsewhere. Asking billing every poll interval covers both.
+        that replies elsewhere. The status watch, which reads billing's record of every waiting job
+        once per poll interval, covers both.
         """
         if submission.state is not ReservationState.HELD:
             return self._settled_result(submission.reservation)
@@ -412,46 +416,34 @@ class Generations:
         stage = "queued"
         if on_progress:
             await on_progress(stage, 0.0)
-        # The reply and billing's status are awaited side by side: a status check that hangs (a
-        # stalled database) or fails (billing restarting) never keeps the reply unread, and never
-        # ends the wait. The status is a fallback, best-effort; the deadline alone ends a wait.
+        # The reply and billing's record are awaited side by side. The record is a fallback,
+        # best-effort (the watch's reads may fail or stall without ending a wait, and never keep the
+        # reply unread); the deadline alone ends a wait.
         reply: asyncio.Future[JobUpdate] | None = None
-        status: asyncio.Future[Reservation | None] | None = None
-        try:
-            while True:
-                remaining = (submission.deadline - datetime.now(UTC)).total_seconds()
-                if remaining <= 0:
-                    raise GenerationTimeoutError("deadline passed")
-                reply = reply or asyncio.ensure_future(updates.get())
-                pending: set[asyncio.Future[Any]] = {reply} if status is None else {reply, status}
-                done, _ = await asyncio.wait(
-                    pending, timeout=min(self.poll_interval, remaining), return_when=asyncio.FIRST_COMPLETED
-                )
-                if reply in done:
-                    update, reply = reply.result(), None
-                    if isinstance(update, JobResult):
-                        return update
-                    stage = update.stage or stage
-                elif status is not None and status in done:
-                    reservation, status = status.result(), None
-                    if reservation is not None and reservation.state is not ReservationState.HELD:
-                        return self._settled_result(reservation)
-                elif status is None:
-                    status = asyncio.ensure_future(self._status(submission.job_id))
-                if on_progress:
-                    await on_progress(stage, time.monotonic() - started)
-        finally:
-            _stop_waiting(updates, reply, status)
-
-    async def _status(self, job_id: str) -> Reservation | None:
-        """Billing's record of a job, or None when billing cannot say now (the wait goes on)."""
-        try:
-            return await self.billing.reservation(job_id)
-        except GatewayError as error:
-            log.warning(
-                "job status unavailable; still waiting", extra={"job_id": job_id, "error": str(error)}
-            )
-            return None
+        with self.status.watch(submission.job_id) as settled:
+            try:
+                while True:
+                    remaining = (submission.deadline - datetime.now(UTC)).total_seconds()
+                    if remaining <= 0:
+                        raise GenerationTimeoutError("deadline passed")
+                    reply = reply or asyncio.ensure_future(updates.get())
+                    pending: set[asyncio.Future[Any]] = {reply, settled}
+                    done, _ = await asyncio.wait(
+                        pending,
+                        timeout=min(self.poll_interval, remaining),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if reply in done:
+                        update, reply = reply.result(), None
+                        if isinstance(update, JobResult):
+                            return update
+                        stage = update.stage or stage
+                    elif settled in done:
+                        return self._settled_result(settled.result())
+                    if on_progress:
+                        await on_progress(stage, time.monotonic() - started)
+            finally:
+                _stop_waiting(updates, reply)
 
     async def _give_up(self, job_id: str, updates: asyncio.Queue[JobUpdate]) -> JobResult | None:
         """Ends a wait that ran out, decided by billing's answer to the release: returns the result
@@ -500,13 +492,9 @@ class Generations:
         return JobResult(error=ErrorCode.UNSPECIFIED, error_message=f"The image was not generated ({why}).")
 
 
-def _stop_waiting(
-    updates: asyncio.Queue[JobUpdate],
-    reply: asyncio.Future[JobUpdate] | None,
-    status: asyncio.Future[Reservation | None] | None,
-) -> None:
-    if reply is not None and reply.done() and not reply.cancelled():
+def _stop_waiting(updates: asyncio.Queue[JobUpdate], reply: asyncio.Future[JobUpdate] | None) -> None:
+    if reply is None:
+        return
+    if reply.done() and not reply.cancelled():
         updates.put_nowait(reply.result())  # taken off the queue but not read: keep it there
-    for task in (reply, status):
-        if task is not None:
-            task.cancel()
+    reply.cancel()

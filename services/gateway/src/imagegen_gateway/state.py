@@ -27,6 +27,7 @@ from imagegen_gateway.mcp_server.tools import ImagegenTools, build_server
 from imagegen_gateway.mcp_server.transport import McpEndpoint
 from imagegen_gateway.oauth.client import OAuthBilling  # oauth
 from imagegen_gateway.ratelimit import RateLimiter
+from imagegen_gateway.status_watch import StatusWatch
 from imagegen_gateway.webhooks.dispatcher import WebhookDispatcher
 from imagegen_gateway.webhooks.sender import WebhookSender
 from imagegen_gateway.webhooks.targets import WebhookTargets
@@ -47,6 +48,8 @@ class Gateway:
     generators: GeneratorRegistry
     authenticator: Authenticator
     generations: Generations
+    #: Billing's record of every waiting job, one batched read per poll interval (the waits' fallback).
+    status_watch: StatusWatch
     mcp: McpEndpoint
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
@@ -100,10 +103,12 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
             resource=settings.public_base_url.rstrip("/") + "/api/mcp",  # the OAuth tokens' one audience
         )
         await listen_for_revocations(nc, authenticator)  # ends with the connection's drain
+        status_watch = StatusWatch(billing, settings.progress_interval_seconds)
         generations = Generations(
             billing=billing,
             bus=bus,
             catalog=catalog,
+            status=status_watch,
             job_timeout=settings.job_timeout_seconds,
             reservation_grace=settings.reservation_grace_seconds,
             poll_interval=settings.progress_interval_seconds,
@@ -135,6 +140,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
             stream_replicas=replicas,
         )
         await webhooks.start()
+        status_watch.start()
         try:
             async with (
                 open_image_store(settings, nc, replicas=replicas) as images,
@@ -150,6 +156,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
                     generators,
                     authenticator,
                     generations,
+                    status_watch,
                     mcp,
                     rate_limiter=rate_limiter,
                     idempotency=idempotency,
@@ -158,6 +165,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
                     webhook_billing=webhook_billing,
                 )
         finally:
+            await status_watch.stop()
             await webhooks.stop()
         await bus.close()
     finally:

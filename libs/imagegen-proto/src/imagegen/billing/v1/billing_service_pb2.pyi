@@ -572,6 +572,52 @@ class GetReservationResponse(_message.Message):
 Global___GetReservationResponse: _TypeAlias = GetReservationResponse  # noqa: Y015
 
 @_typing.final
+class BatchGetReservationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 1000 (INVALID_ARGUMENT beyond); a repeated id counts once; none gives none."""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetReservationsRequest: _TypeAlias = BatchGetReservationsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetReservationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reservations(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Reservation]:
+        """The reservations that exist, in the order of the request's job_ids; an id that has none is left
+        out (so the reply may be shorter than the request).
+        """
+
+    def __init__(
+        self,
+        *,
+        reservations: _abc.Iterable[_resources_pb2.Reservation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetReservationsResponse: _TypeAlias = BatchGetReservationsResponse  # noqa: Y015
+
+@_typing.final
 class ListReservationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

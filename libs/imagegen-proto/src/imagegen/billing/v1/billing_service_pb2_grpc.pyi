@@ -64,6 +64,10 @@ class BillingServiceStub:
     """An account with its balance."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]
     """A reservation by job id."""
+    BatchGetReservations: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.BatchGetReservationsRequest, _billing_service_pb2.BatchGetReservationsResponse]
+    """Several reservations by job id in one call (AIP-231): what a gateway's waits ask every poll
+    interval instead of one GetReservation each. Unknown ids are left out, not an error.
+    """
     ListReservations: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListReservationsRequest, _billing_service_pb2.ListReservationsResponse]
     """An account's reservations (its images), newest first, a page at a time."""
     GetWebhookSettings: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetWebhookSettingsRequest, _billing_service_pb2.GetWebhookSettingsResponse]
@@ -111,6 +115,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """An account with its balance."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetReservationRequest, _billing_service_pb2.GetReservationResponse]  # type: ignore[assignment]
     """A reservation by job id."""
+    BatchGetReservations: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.BatchGetReservationsRequest, _billing_service_pb2.BatchGetReservationsResponse]  # type: ignore[assignment]
+    """Several reservations by job id in one call (AIP-231): what a gateway's waits ask every poll
+    interval instead of one GetReservation each. Unknown ids are left out, not an error.
+    """
     ListReservations: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListReservationsRequest, _billing_service_pb2.ListReservationsResponse]  # type: ignore[assignment]
     """An account's reservations (its images), newest first, a page at a time."""
     GetWebhookSettings: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetWebhookSettingsRequest, _billing_service_pb2.GetWebhookSettingsResponse]  # type: ignore[assignment]
@@ -209,6 +217,16 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.GetReservationResponse, _abc.Awaitable[_billing_service_pb2.GetReservationResponse]]:
         """A reservation by job id."""
+
+    @_abc_1.abstractmethod
+    def BatchGetReservations(
+        self,
+        request: _billing_service_pb2.BatchGetReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.BatchGetReservationsResponse, _abc.Awaitable[_billing_service_pb2.BatchGetReservationsResponse]]:
+        """Several reservations by job id in one call (AIP-231): what a gateway's waits ask every poll
+        interval instead of one GetReservation each. Unknown ids are left out, not an error.
+        """
 
     @_abc_1.abstractmethod
     def ListReservations(
