@@ -78,7 +78,8 @@ from imagegen_billing.store import (
 # The hot path's statements are built once and only bound per call: building and coercing SQLAlchemy
 # expressions costs more Python time than a round trip to the database. A group's reads lock what they
 # read (reservations first, then accounts, each in key order: one lock order for every writer) on
-# PostgreSQL; SQLite's writer holds the whole database. PostgreSQL takes the ids as one array, so
+# PostgreSQL, FOR NO KEY UPDATE as the UPDATEs that follow would (foreign-key checks of other writers,
+# a webhook attempt of a job, go on); SQLite's writer holds the whole database. PostgreSQL takes the ids as one array, so
 # that one prepared statement serves groups of any size.
 _JOB_IDS = bindparam("b_ids", type_=ARRAY(String))
 _ACCOUNT_IDS = bindparam("b_ids", type_=ARRAY(String))
@@ -86,7 +87,7 @@ _LOCK_RESERVATIONS = {
     "postgresql": select(reservations)
     .where(reservations.c.job_id == any_(_JOB_IDS))
     .order_by(reservations.c.job_id)
-    .with_for_update(),
+    .with_for_update(key_share=True),
     "sqlite": select(reservations)
     .where(reservations.c.job_id.in_(bindparam("b_ids", expanding=True)))
     .order_by(reservations.c.job_id),
@@ -96,7 +97,7 @@ _LOCK_ACCOUNTS = {
     "postgresql": select(*_BALANCE_COLUMNS)
     .where(accounts.c.id == any_(_ACCOUNT_IDS))
     .order_by(accounts.c.id)
-    .with_for_update(),
+    .with_for_update(key_share=True),
     "sqlite": select(*_BALANCE_COLUMNS)
     .where(accounts.c.id.in_(bindparam("b_ids", expanding=True)))
     .order_by(accounts.c.id),
