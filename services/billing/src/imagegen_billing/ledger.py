@@ -79,8 +79,8 @@ from imagegen_billing.store import (
 # expressions costs more Python time than a round trip to the database. A group's reads lock what they
 # read (reservations first, then accounts, each in key order: one lock order for every writer) on
 # PostgreSQL, FOR NO KEY UPDATE as the UPDATEs that follow would (foreign-key checks of other writers,
-# a webhook attempt of a job, go on); SQLite's writer holds the whole database. PostgreSQL takes the ids as one array, so
-# that one prepared statement serves groups of any size.
+# a webhook attempt of a job, go on); SQLite's writer holds the whole database. PostgreSQL takes the
+# ids as one array, so that one prepared statement serves groups of any size.
 _JOB_IDS = bindparam("b_ids", type_=ARRAY(String))
 _ACCOUNT_IDS = bindparam("b_ids", type_=ARRAY(String))
 _LOCK_RESERVATIONS = {
