@@ -17,13 +17,17 @@ from imagegen_billing.accounts import Accounts
 from imagegen_billing.db import Database
 from imagegen_billing.domain import (
     AccountNotFoundError,
+    AlreadySettledError,
     InsufficientCreditsError,
+    JobError,
     JobIdReusedError,
     JobResult,
+    JobSettlement,
     ReleaseReason,
     ReservationNotFoundError,
     ReservationState,
     ReserveRequest,
+    Settlement,
     SettleOutcome,
 )
 from imagegen_billing.group_commit import GroupCommit
@@ -32,6 +36,7 @@ from imagegen_billing.models import accounts
 
 ConsistencyCheck = Callable[[Database], Awaitable[None]]
 IMAGE = JobResult(image_url="http://x/images/img.png")
+FAILURE = JobResult(error=JobError.PROVIDER_ERROR, error_message="the provider broke")
 
 
 async def _noop(conn: AsyncConnection) -> None:
@@ -228,7 +233,7 @@ async def test_grouped_batches_run_as_a_few_statements_with_each_callers_answer(
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     assert ledger.group.transactions - before == 1
-    assert len(updates) == 2  # one per account that paid, not one per call
+    assert len(updates) == 1  # one (executemany) for the accounts that paid, not one per call
     two, repeat, reused, fits, short, orphan, *ones, over = results
     assert not isinstance(two, BaseException) and two.credits == 13 and len(two.created) == 2
     assert not isinstance(repeat, BaseException) and not repeat.created
@@ -240,4 +245,149 @@ async def test_grouped_batches_run_as_a_few_statements_with_each_callers_answer(
     assert isinstance(over, InsufficientCreditsError)
     assert (await accounts_repo.get(first.id)).credits == 0
     assert (await accounts_repo.get(second.id)).credits == 1
+    await check_consistent(db)
+
+
+def _count_statements(db: Database, prefix: str) -> tuple[list[str], Callable[..., None]]:
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith(prefix):
+            seen.append(statement)
+
+    return seen, count
+
+
+async def test_a_grouped_settlement_of_many_jobs_answers_each_and_writes_once(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    first, _, _ = await accounts_repo.create("ada@example.test", 100)
+    second, _, _ = await accounts_repo.create("bob@example.test", 100)
+    for n in range(6):
+        await ledger.reserve(ReserveRequest((first if n % 2 else second).id, f"img_{n}", 10))
+    await ledger.settle("img_5", IMAGE)  # settled before the group: a repeat, then a conflict
+    updates, count = _count_statements(db, "UPDATE RESERVATIONS")
+    before = ledger.group.transactions
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        results = await asyncio.gather(
+            ledger.settle("img_0", IMAGE),
+            ledger.settle("img_1", FAILURE),
+            ledger.settle("img_unknown", IMAGE),
+            ledger.release("img_2", ReleaseReason.CANCELLED, "gave up"),
+            ledger.settle("img_3", IMAGE),
+            ledger.settle("img_0", FAILURE),  # the capture just before it in the same group won
+            ledger.settle("img_5", IMAGE),
+            ledger.release("img_5", ReleaseReason.TIMEOUT),
+            ledger.release("img_unknown", ReleaseReason.TIMEOUT),
+            ledger.settle("img_4", IMAGE),
+            return_exceptions=True,
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    assert ledger.group.transactions - before == 1
+    assert len(updates) == 1  # one (executemany) for every reservation the group settled
+    cap0, fail1, unknown, rel2, cap3, conflict0, dup5, settled5, missing, cap4 = results
+    assert isinstance(cap0, JobSettlement) and cap0.outcome is SettleOutcome.CAPTURED
+    assert isinstance(fail1, JobSettlement) and fail1.outcome is SettleOutcome.RELEASED
+    assert isinstance(unknown, JobSettlement) and unknown.outcome is SettleOutcome.UNKNOWN_JOB
+    assert isinstance(rel2, Settlement) and rel2.changed
+    assert isinstance(cap3, JobSettlement) and cap3.outcome is SettleOutcome.CAPTURED
+    assert isinstance(conflict0, JobSettlement) and conflict0.outcome is SettleOutcome.CONFLICT
+    assert isinstance(dup5, JobSettlement) and dup5.outcome is SettleOutcome.DUPLICATE
+    assert isinstance(settled5, AlreadySettledError)
+    assert isinstance(missing, ReservationNotFoundError)
+    assert isinstance(cap4, JobSettlement) and cap4.outcome is SettleOutcome.CAPTURED
+    # Each answer carries the balance its own settlement left, in arrival order per account.
+    assert (cap0.credits, rel2.credits, cap4.credits) == (70, 80, 80)  # bob: img_0, img_2, img_4
+    assert (fail1.credits, cap3.credits) == (80, 80)  # ada: img_1 released, img_3 captured
+    # What each caller was answered is what the database keeps.
+    for answer in (cap0, fail1, cap3, cap4):
+        assert answer.reservation is not None
+        assert await ledger.reservation(answer.reservation.job_id) == answer.reservation
+    assert await ledger.reservation("img_2") == rel2.reservation
+    assert (await ledger.reservation("img_0")).state is ReservationState.CAPTURED
+    after_first, after_second = await accounts_repo.get(first.id), await accounts_repo.get(second.id)
+    assert (after_first.credits, after_first.reserved_credits) == (80, 0)
+    assert (after_second.credits, after_second.reserved_credits) == (80, 0)
+    await check_consistent(db)
+
+
+async def test_a_release_in_a_group_frees_credits_for_the_reservations_after_it(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 5)
+    await ledger.reserve(ReserveRequest(account.id, "img_a", 5))
+    before = ledger.group.transactions
+    early, released, late, again = await asyncio.gather(
+        ledger.reserve(ReserveRequest(account.id, "img_early", 5)),  # nothing left yet
+        ledger.settle("img_a", FAILURE),
+        ledger.reserve(ReserveRequest(account.id, "img_late", 5)),  # what the release gave back
+        ledger.reserve(ReserveRequest(account.id, "img_late", 5)),  # a repeat within the group
+        return_exceptions=True,
+    )
+    assert ledger.group.transactions - before == 1
+    assert isinstance(early, InsufficientCreditsError)
+    assert not isinstance(released, BaseException) and released.credits == 5
+    assert not isinstance(late, BaseException) and late.changed and late.credits == 0
+    assert not isinstance(again, BaseException) and not again.changed and again.credits == 0
+    await check_consistent(db)
+
+
+async def test_a_repeated_reserve_is_answered_in_its_group(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+    first = await ledger.reserve(ReserveRequest(account.id, "img_a", 3))
+    updates, count = _count_statements(db, "UPDATE ACCOUNTS")
+    before = ledger.group.transactions
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        repeat, other = await asyncio.gather(
+            ledger.reserve(ReserveRequest(account.id, "img_a", 3)),  # the credits are there: a repeat
+            ledger.reserve(ReserveRequest(account.id, "img_b", 3)),
+        )
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    # One transaction, one balance update: the repeat took no credits and failed no unique key (which
+    # would roll the group back and run both callers again alone).
+    assert ledger.group.transactions - before == 1
+    assert len(updates) == 1
+    assert not repeat.changed and repeat.reservation == first.reservation and repeat.credits == 7
+    assert other.changed and other.credits == 4
+    await check_consistent(db)
+
+
+async def test_a_job_settled_and_released_at_once_is_charged_once(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 100)
+    jobs = [f"img_{n}" for n in range(20)]
+    for job in jobs:
+        await ledger.reserve(ReserveRequest(account.id, job, 5))
+    calls: list[Awaitable[object]] = []
+    for n, job in enumerate(jobs):  # either order, several times each
+        first_settles = n % 2 == 1
+        for settles in (first_settles, not first_settles, first_settles):
+            calls.append(
+                ledger.settle(job, IMAGE) if settles else ledger.release(job, ReleaseReason.CANCELLED)
+            )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    captured = 0
+    for job in jobs:
+        state = (await ledger.reservation(job)).state
+        assert state in (ReservationState.CAPTURED, ReservationState.RELEASED)
+        captured += state is ReservationState.CAPTURED
+    # Each job changed once: by its first call; the others are repeats or refused as settled.
+    changed = [
+        r
+        for r in results
+        if (isinstance(r, JobSettlement) and r.outcome in (SettleOutcome.CAPTURED, SettleOutcome.RELEASED))
+        or (isinstance(r, Settlement) and r.changed)
+    ]
+    assert len(changed) == len(jobs)
+    assert captured == len(jobs) // 2
+    assert all(isinstance(r, AlreadySettledError) for r in results if isinstance(r, BaseException))
+    after = await accounts_repo.get(account.id)
+    assert (after.credits, after.reserved_credits) == (100 - 5 * captured, 0)
     await check_consistent(db)

@@ -12,12 +12,12 @@ import base64
 import binascii
 import contextlib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import String, and_, any_, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,29 +77,45 @@ from imagegen_billing.store import (
 )
 
 # The hot path's statements are built once and only bound per call: building and coercing SQLAlchemy
-# expressions costs more Python time than a round trip to the database.
-_TAKE = (
+# expressions costs more Python time than a round trip to the database. A group's reads lock what they
+# read (reservations first, then accounts, each in key order: one lock order for every writer) on
+# PostgreSQL, FOR NO KEY UPDATE as the UPDATEs that follow would (foreign-key checks of other writers,
+# a webhook attempt of a job, go on); SQLite's writer holds the whole database. PostgreSQL takes the
+# ids as one array, so that one prepared statement serves groups of any size.
+_JOB_IDS = bindparam("b_ids", type_=ARRAY(String))
+_ACCOUNT_IDS = bindparam("b_ids", type_=ARRAY(String))
+_LOCK_RESERVATIONS = {
+    "postgresql": select(reservations)
+    .where(reservations.c.job_id == any_(_JOB_IDS))
+    .order_by(reservations.c.job_id)
+    .with_for_update(key_share=True),
+    "sqlite": select(reservations)
+    .where(reservations.c.job_id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(reservations.c.job_id),
+}
+_BALANCE_COLUMNS = (accounts.c.id, accounts.c.credits, accounts.c.reserved_credits)
+_LOCK_ACCOUNTS = {
+    "postgresql": select(*_BALANCE_COLUMNS)
+    .where(accounts.c.id == any_(_ACCOUNT_IDS))
+    .order_by(accounts.c.id)
+    .with_for_update(key_share=True),
+    "sqlite": select(*_BALANCE_COLUMNS)
+    .where(accounts.c.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(accounts.c.id),
+}
+#: A group's new balance of an account, on condition that it is still the one the group read.
+_SET_BALANCE = (
     update(accounts)
-    .where(accounts.c.id == bindparam("b_account"), accounts.c.credits >= bindparam("b_amount"))
-    .values(
-        credits=accounts.c.credits - bindparam("b_amount"),
-        reserved_credits=accounts.c.reserved_credits + bindparam("b_amount"),
+    .where(
+        accounts.c.id == bindparam("b_account"),
+        accounts.c.credits == bindparam("b_credits_before"),
+        accounts.c.reserved_credits == bindparam("b_reserved_before"),
     )
-    .returning(accounts.c.credits)
+    .values(credits=bindparam("b_credits"), reserved_credits=bindparam("b_reserved"))
 )
-_SETTLE_ACCOUNT = (
-    update(accounts)
-    .where(accounts.c.id == bindparam("b_account"))
-    .values(
-        credits=accounts.c.credits + bindparam("b_returned"),
-        reserved_credits=accounts.c.reserved_credits - bindparam("b_amount"),
-    )
-    .returning(accounts.c.credits)
-)
-_SETTLE_RESERVATION = (
-    update(reservations)
-    .where(reservations.c.job_id == bindparam("b_job"), reservations.c.state == ReservationState.HELD.value)
-    .returning(reservations)
+#: A held reservation settled (its columns come as parameters named like them).
+_SETTLE_RESERVATION = update(reservations).where(
+    reservations.c.job_id == bindparam("b_job"), reservations.c.state == ReservationState.HELD.value
 )
 _INSERT_RESERVATION = insert(reservations)
 _RESERVATIONS_OF_JOBS = select(reservations).where(
@@ -122,7 +138,7 @@ class Ledger:
         self.default_ttl = default_ttl
         # Reservations and settlements: grouped into shared transactions (group_commit.py).
         self._group = GroupCommit(db)
-        self._reservations = _ReservationBatch(self)
+        self._batch = _LedgerBatch(self)
 
     @property
     def group(self) -> GroupCommit:
@@ -141,17 +157,10 @@ class Ledger:
         """
         check_reserve_request(request)
         reservation = self._new_reservation(request, now())
-
-        async def work(conn: AsyncConnection) -> Settlement:
-            credits = await _take(conn, request.account_id, request.amount)
-            if credits is None:
-                return await _repeat_or_refuse(conn, request)
-            await conn.execute(_INSERT_RESERVATION, reservation_values(reservation))
-            await append_entries(conn, _reserve_entry(reservation, credits))
-            return Settlement(reservation, credits, changed=True)
-
         try:
-            settled = await self._group.run(work, self._undo_settlement)
+            settled: Settlement = await self._group.run_batched(
+                self._batch, _Reserve(request, reservation), self._undo_settlement
+            )
         except IntegrityError:
             # The job id has a reservation already (made by an earlier call, or one running right now).
             async with self.db.read() as conn:
@@ -180,7 +189,7 @@ class Ledger:
         self, account_id: str, requests: Sequence[ReserveRequest]
     ) -> BatchSettlement:
         settled: BatchSettlement = await self._group.run_batched(
-            self._reservations, (account_id, requests), self._undo_batch
+            self._batch, _ReserveAll(account_id, requests), self._undo_batch
         )
         if settled.created:
             metrics.reserved(sum(r.amount for r in settled.created), count=len(settled.created))
@@ -198,15 +207,11 @@ class Ledger:
 
     def _undo(self, job_ids: list[str]) -> Work[Any]:
         async def release_all(conn: AsyncConnection) -> None:
-            for job_id in job_ids:
-                settled = await self._settle_in(
-                    conn,
-                    job_id=job_id,
-                    target=ReservationState.RELEASED,
-                    reason=ReleaseReason.TIMEOUT,
-                    detail=_ABANDONED,
-                    result=None,
-                )
+            releases: list[_Item] = [
+                _Settle(job_id, ReservationState.RELEASED, ReleaseReason.TIMEOUT, _ABANDONED, None)
+                for job_id in job_ids
+            ]
+            for settled, _ in await self._batch.run(conn, releases):
                 if settled.outcome is SettleOutcome.RELEASED and settled.reservation is not None:
                     metrics.released(settled.reservation.amount, ReleaseReason.TIMEOUT)
 
@@ -266,10 +271,8 @@ class Ledger:
         result: JobResult | None,
     ) -> JobSettlement:
         check_job_id(job_id)
-        settled = await self._group.run(
-            partial(
-                self._settle_in, job_id=job_id, target=target, reason=reason, detail=detail, result=result
-            )
+        settled: JobSettlement = await self._group.run_batched(
+            self._batch, _Settle(job_id, target, reason, detail, result)
         )
         if settled.outcome in (SettleOutcome.CAPTURED, SettleOutcome.RELEASED):
             assert settled.reservation is not None
@@ -278,47 +281,6 @@ class Ledger:
             else:
                 metrics.captured(settled.reservation.amount)
         return settled
-
-    async def _settle_in(
-        self,
-        conn: AsyncConnection,
-        *,
-        job_id: str,
-        target: ReservationState,
-        reason: ReleaseReason | None,
-        detail: str,
-        result: JobResult | None,
-    ) -> JobSettlement:
-        at = now()
-        values: dict[str, object] = {
-            "state": target.value,
-            "settle_time": at,
-            "release_reason": reason.value if reason is not None else "",
-            "release_detail": clip(detail),
-        }
-        if result is not None:
-            values.update(result_values(clip_result(result)))
-        row = (await conn.execute(_SETTLE_RESERVATION, {"b_job": job_id, **values})).first()
-        if row is None:
-            existing = await _reservation(conn, job_id)
-            if existing is None:
-                return JobSettlement(SettleOutcome.UNKNOWN_JOB, None, 0)
-            outcome = settle_outcome(existing.state, target)
-            return JobSettlement(outcome, existing, await _credits(conn, existing.account_id))
-        reservation = to_reservation(row)
-        returned = reservation.amount if target is ReservationState.RELEASED else 0
-        credits = await conn.scalar(
-            _SETTLE_ACCOUNT,
-            {"b_account": reservation.account_id, "b_returned": returned, "b_amount": reservation.amount},
-        )
-        assert credits is not None  # the foreign key keeps the account
-        kind = EntryKind.RELEASE if target is ReservationState.RELEASED else EntryKind.CAPTURE
-        note = reason.value if reason is not None else ""
-        await append_entries(
-            conn,
-            entry_values(reservation.account_id, kind, returned, credits, at, job_id=job_id, note=note),
-        )
-        return JobSettlement(settle_outcome(ReservationState.HELD, target), reservation, credits)
 
     async def grant(self, alias: str, amount: int, note: str = "") -> tuple[Account, LedgerEntry]:
         """Adds credits to an account (positive amount) or removes them (negative, never below zero)."""
@@ -456,103 +418,219 @@ class Ledger:
         )
 
 
-class _ReservationBatch:
-    """ReserveBatch calls that arrive together, as a handful of statements for all of them: one
-    SELECT of the job ids, one of the balances (rows locked on PostgreSQL; SQLite's writer holds
-    the database), one conditional UPDATE per account, two multi-row INSERTs. Each call is decided
-    in arrival order against the balance the calls before it left, exactly as one transaction each
-    would have; the UPDATE's ``credits >= total`` still guards the no-overdraw rule in the database.
+@dataclass(frozen=True, slots=True)
+class _Reserve:
+    """A Reserve call: its request and the reservation it makes unless the job id has one."""
+
+    request: ReserveRequest
+    reservation: Reservation
+
+
+@dataclass(frozen=True, slots=True)
+class _ReserveAll:
+    """A ReserveBatch call: all of its new reservations or none."""
+
+    account_id: str
+    requests: Sequence[ReserveRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """A settlement of a job's reservation: captured, or released with a reason."""
+
+    job_id: str
+    target: ReservationState
+    reason: ReleaseReason | None
+    detail: str
+    result: JobResult | None
+
+
+_Item = _Reserve | _ReserveAll | _Settle
+_Answer = tuple[Any, BillingError | None]
+
+
+@dataclass(slots=True)
+class _Books:
+    """What one group reads (its rows locked) and how its calls change it, in arrival order."""
+
+    at: datetime
+    #: Every reservation the group's calls name, as it stands after the calls decided so far.
+    reservations: dict[str, Reservation]
+    #: Account id -> [credits, reserved credits], as they stand after the calls decided so far.
+    balances: dict[str, list[int]]
+    #: The balances as read, for the conditional UPDATE.
+    read: dict[str, tuple[int, int]]
+    #: Reservations the group creates and existing ones it settles (their last version).
+    created: dict[str, Reservation] = field(default_factory=dict)
+    settled: dict[str, Reservation] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def credits(self, account_id: str) -> int:
+        balance = self.balances.get(account_id)
+        if balance is None:
+            raise AccountNotFoundError(f"no account {shown(account_id)!r}")
+        return balance[0]
+
+    def hold(self, reservation: Reservation) -> int:
+        """Takes a new reservation's credits off its balance (the caller checked they are there)."""
+        balance = self.balances[reservation.account_id]
+        balance[0] -= reservation.amount
+        balance[1] += reservation.amount
+        self.reservations[reservation.job_id] = self.created[reservation.job_id] = reservation
+        self.entries.append(_reserve_entry(reservation, balance[0]))
+        return balance[0]
+
+    def settle(self, held: Reservation, settled: Reservation, returned: int, note: str) -> int:
+        balance = self.balances[held.account_id]
+        balance[0] += returned
+        balance[1] -= held.amount
+        self.reservations[held.job_id] = settled
+        (self.created if held.job_id in self.created else self.settled)[held.job_id] = settled
+        kind = EntryKind.RELEASE if settled.state is ReservationState.RELEASED else EntryKind.CAPTURE
+        self.entries.append(
+            entry_values(held.account_id, kind, returned, balance[0], self.at, job_id=held.job_id, note=note)
+        )
+        return balance[0]
+
+
+class _LedgerBatch:
+    """Reserve, ReserveBatch and settlement calls that arrive together, as a handful of statements for
+    all of them instead of a few per call: one SELECT of the reservations they name, one of the
+    balances (rows locked on PostgreSQL), then one conditional UPDATE of the balances, one UPDATE of
+    the settled reservations and two INSERTs (reservations, ledger entries), each one executemany.
+
+    Each call is decided in arrival order against what the calls before it left, exactly as one
+    transaction each would have (per-account order, the no-overdraw rule, repeats answered as they
+    stand); a refusal is decided before anything is written. The balances' UPDATE applies only to the
+    balances the decisions were made on, so the database still guards the no-overdraw rule: if a row
+    changed anyway, the group fails and group_commit runs each call alone.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def run(
-        self, conn: AsyncConnection, items: list[tuple[str, Sequence[ReserveRequest]]]
-    ) -> list[tuple[BatchSettlement | None, BillingError | None]]:
-        at = now()
-        job_ids = [r.job_id for _, requests in items for r in requests]
-        rows = await conn.execute(select(reservations).where(reservations.c.job_id.in_(job_ids)))
-        existing = {row.job_id: to_reservation(row) for row in rows}
-        account_ids = sorted({account_id for account_id, _ in items})  # one lock order for all
-        balances: dict[str, int] = {
-            row.id: row.credits
-            for row in await conn.execute(
-                select(accounts.c.id, accounts.c.credits)
-                .where(accounts.c.id.in_(account_ids))
-                .order_by(accounts.c.id)
-                .with_for_update()
-            )
-        }
-        answers: list[tuple[BatchSettlement | None, BillingError | None]] = []
-        taken: dict[str, int] = {}
-        new_rows: list[dict[str, Any]] = []
-        entries: list[dict[str, Any]] = []
-        for account_id, requests in items:
+    async def run(self, conn: AsyncConnection, items: list[_Item]) -> list[_Answer]:
+        books = await self._read(conn, items)
+        answers: list[_Answer] = []
+        for item in items:
             try:
-                answers.append((self._decide(account_id, requests, at, existing, balances), None))
+                if isinstance(item, _Settle):
+                    answers.append((self._settle(books, item), None))
+                elif isinstance(item, _Reserve):
+                    answers.append((self._reserve(books, item), None))
+                else:
+                    answers.append((self._reserve_all(books, item), None))
             except BillingError as refused:
                 answers.append((None, refused))
-                continue
-            settled = answers[-1][0]
-            assert settled is not None
-            balance = settled.credits + sum(r.amount for r in settled.created)
-            for reservation in settled.created:
-                existing[reservation.job_id] = reservation
-                new_rows.append(reservation_values(reservation))
-                balance -= reservation.amount
-                entries.append(_reserve_entry(reservation, balance))
-                taken[account_id] = taken.get(account_id, 0) + reservation.amount
-        for account_id, total in taken.items():
-            credits = await _take(conn, account_id, total)
-            if credits != balances[account_id]:  # another writer moved the balance: run alone
-                raise RuntimeError("an account's balance changed under a grouped reservation")
-        if new_rows:
-            await conn.execute(_INSERT_RESERVATION, new_rows)
-            await append_entries(conn, *entries)
+        await self._write(conn, books)
         return answers
 
-    def _decide(
-        self,
-        account_id: str,
-        requests: Sequence[ReserveRequest],
-        at: datetime,
-        existing: dict[str, Reservation],
-        balances: dict[str, int],
-    ) -> BatchSettlement:
-        """One call, against the balances the calls before it left (which it updates)."""
-        for request in requests:
+    async def _read(self, conn: AsyncConnection, items: list[_Item]) -> _Books:
+        job_ids: set[str] = set()
+        account_ids: set[str] = set()
+        for item in items:
+            if isinstance(item, _Settle):
+                job_ids.add(item.job_id)
+            elif isinstance(item, _Reserve):
+                job_ids.add(item.request.job_id)
+                account_ids.add(item.request.account_id)
+            else:
+                job_ids.update(r.job_id for r in item.requests)
+                account_ids.add(item.account_id)
+        dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+        rows = await conn.execute(_LOCK_RESERVATIONS[dialect], {"b_ids": sorted(job_ids)})
+        existing = {row.job_id: to_reservation(row) for row in rows}
+        account_ids.update(r.account_id for r in existing.values())
+        rows = await conn.execute(_LOCK_ACCOUNTS[dialect], {"b_ids": sorted(account_ids)})
+        read = {row.id: (row.credits, row.reserved_credits) for row in rows}
+        return _Books(now(), existing, {a: list(b) for a, b in read.items()}, read)
+
+    def _reserve(self, books: _Books, item: _Reserve) -> Settlement:
+        request = item.request
+        existing = books.reservations.get(request.job_id)
+        if existing is not None:
+            check_repeat(existing, request)
+            return Settlement(existing, books.credits(request.account_id), changed=False)
+        credits = books.credits(request.account_id)
+        if credits < request.amount:
+            raise InsufficientCreditsError(request.amount, credits)
+        return Settlement(item.reservation, books.hold(item.reservation), changed=True)
+
+    def _reserve_all(self, books: _Books, item: _ReserveAll) -> BatchSettlement:
+        existing = books.reservations
+        for request in item.requests:
             if request.job_id in existing:
                 check_repeat(existing[request.job_id], request)
-        if account_id not in balances:
-            raise AccountNotFoundError(f"no account {shown(account_id)!r}")
-        new = [self._ledger._new_reservation(r, at) for r in requests if r.job_id not in existing]
+        credits = books.credits(item.account_id)
+        new = [self._ledger._new_reservation(r, books.at) for r in item.requests if r.job_id not in existing]
         if len({r.job_id for r in new}) != len(new):
             raise InvalidArgumentError("a batch names one job id twice", field="requests")
         total = sum(r.amount for r in new)
-        if balances[account_id] < total:
-            raise InsufficientCreditsError(total, balances[account_id])
-        balances[account_id] -= total
-        by_job = {**existing, **{r.job_id: r for r in new}}
-        return BatchSettlement([by_job[r.job_id] for r in requests], balances[account_id], created=new)
+        if credits < total:
+            raise InsufficientCreditsError(total, credits)
+        for reservation in new:
+            credits = books.hold(reservation)
+        return BatchSettlement([existing[r.job_id] for r in item.requests], credits, created=new)
+
+    def _settle(self, books: _Books, item: _Settle) -> JobSettlement:
+        held = books.reservations.get(item.job_id)
+        if held is None:
+            return JobSettlement(SettleOutcome.UNKNOWN_JOB, None, 0)
+        outcome = settle_outcome(held.state, item.target)
+        if held.state is not ReservationState.HELD:
+            return JobSettlement(outcome, held, books.credits(held.account_id))
+        settled = replace(
+            held,
+            state=item.target,
+            settle_time=books.at,
+            release_reason=item.reason,
+            release_detail=clip(item.detail),
+            result=clip_result(item.result) if item.result is not None else held.result,
+        )
+        returned = held.amount if item.target is ReservationState.RELEASED else 0
+        note = item.reason.value if item.reason is not None else ""
+        return JobSettlement(outcome, settled, books.settle(held, settled, returned, note))
+
+    async def _write(self, conn: AsyncConnection, books: _Books) -> None:
+        changed = [
+            {
+                "b_account": account_id,
+                "b_credits_before": books.read[account_id][0],
+                "b_reserved_before": books.read[account_id][1],
+                "b_credits": balance[0],
+                "b_reserved": balance[1],
+            }
+            for account_id, balance in books.balances.items()
+            if tuple(balance) != books.read[account_id]
+        ]
+        if changed:
+            await _execute_all(conn, _SET_BALANCE, changed, "an account's balance changed under a group")
+        if books.created:
+            await conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in books.created.values()])
+        if books.settled:
+            settled = [_settle_values(r) for r in books.settled.values()]
+            await _execute_all(conn, _SETTLE_RESERVATION, settled, "a reservation settled under a group")
+        await append_entries(conn, *books.entries)
 
 
-async def _take(conn: AsyncConnection, account_id: str, amount: int) -> int | None:
-    """Moves ``amount`` credits from the balance to held, unless the balance is short; returns the new
-    balance, or None when the account is short of credits or does not exist."""
-    credits: int | None = await conn.scalar(_TAKE, {"b_account": account_id, "b_amount": amount})
-    return credits
+async def _execute_all(conn: AsyncConnection, statement: Any, params: list[dict[str, Any]], why: str) -> None:
+    """Runs a conditional UPDATE for each parameter set; raises RuntimeError (the group is then run
+    again call by call) when one matched no row, where the driver reports how many rows matched."""
+    result = await conn.execute(statement, params)
+    if (len(params) == 1 or conn.dialect.supports_sane_multi_rowcount) and result.rowcount != len(params):
+        raise RuntimeError(why)
 
 
-async def _repeat_or_refuse(conn: AsyncConnection, request: ReserveRequest) -> Settlement:
-    """A Reserve that could not take its credits: a repeat of an earlier one, or refused."""
-    existing = await _reservation(conn, request.job_id)
-    if existing is not None:
-        check_repeat(existing, request)
-    credits = await _credits(conn, request.account_id)
-    if existing is not None:
-        return Settlement(existing, credits, changed=False)
-    raise InsufficientCreditsError(request.amount, credits)
+def _settle_values(reservation: Reservation) -> dict[str, Any]:
+    """The parameters of _SETTLE_RESERVATION for a reservation as it stands settled."""
+    return {
+        "b_job": reservation.job_id,
+        "state": reservation.state.value,
+        "settle_time": reservation.settle_time,
+        "release_reason": reservation.release_reason.value if reservation.release_reason else "",
+        "release_detail": reservation.release_detail,
+        **result_values(reservation.result),
+    }
 
 
 async def _credits(conn: AsyncConnection, account_id: str) -> int:
