@@ -9,7 +9,8 @@ prediction was created, and a blind retry would pay for two; those fail the deli
 ProviderUnavailable, and the job is tried again on a later delivery. A prediction is cancelled
 upstream when its job is cancelled or runs past its deadline, also when that happens while the
 create request is still in flight (the cancel is sent once its id is known). The output file is
-downloaded right away: Replicate's file URLs expire after an hour.
+downloaded right away: Replicate's file URLs expire after an hour. Both the API and the file downloads
+go through a ShardedTransport: a connection per job, in small pools.
 
 The model called is the job's ``provider_model`` when it names one, otherwise the catalog's; the
 catalog model says how the input is built either way.
@@ -55,6 +56,7 @@ from imagegen_generator.errors import (
     ProviderUnavailable,
 )
 from imagegen_generator.providers.base import GenerationRequest, ProviderOutput
+from imagegen_generator.providers.http_pool import ShardedTransport
 from imagegen_generator.replicate_input import build_input
 
 log = logging.getLogger(__name__)
@@ -183,18 +185,17 @@ class ReplicateProvider:
     ) -> None:
         self.options = options
         self._cpu = cpu or CpuPool()
-        extra: dict[str, Any] = {"event_hooks": {"response": [_raise_retryable]}}
         # httpx's default pool holds 100 connections: the 101st prediction of a replica would wait
         # for a free one, however many jobs the replica runs. A margin for cancels and downloads.
-        limits = httpx.Limits(
-            max_connections=options.max_connections + _SPARE_CONNECTIONS,
-            max_keepalive_connections=options.max_connections + _SPARE_CONNECTIONS,
-        )
-        extra["transport"] = transport or httpx.AsyncHTTPTransport(limits=limits)
+        connections = options.max_connections + _SPARE_CONNECTIONS
+        self.api_transport = transport or ShardedTransport(connections)
+        self.download_transport = ShardedTransport(connections)
+        extra: dict[str, Any] = {"event_hooks": {"response": [_raise_retryable]}}
         self._client = ReplicateClient(
             api_token=options.api_token,
             base_url=options.base_url,
             timeout=httpx.Timeout(options.request_timeout_seconds, connect=10.0),
+            transport=self.api_transport,
             **extra,
         )
         # Output files are fetched without our token: they live on another host than the API.
@@ -202,7 +203,7 @@ class ReplicateProvider:
             timeout=httpx.Timeout(options.request_timeout_seconds, connect=10.0),
             follow_redirects=True,
             event_hooks={"response": [_raise_retryable]},
-            limits=limits,
+            transport=self.download_transport,
         )
         self._cleanups: set[asyncio.Task[None]] = set()
         self._backoff = wait_exponential_jitter(
