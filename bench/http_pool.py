@@ -11,7 +11,7 @@ run (baseline: the single pool, as the generator had it), best of ``--repeat``.
                               [--connections 1040] [--repeat 1]
 
 The defaults keep the baseline near 30 s: with 1,000 held and 2,000 short requests one pool took
-more than 500 s of wall time (the sharded transport, seconds).
+more than 500 s of wall time (the run was stopped there).
 """
 
 from __future__ import annotations
