@@ -10,6 +10,7 @@ from imagegen_common.catalog import load_catalog
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.cpu import CpuPool, usable_cores
 from imagegen_generator.providers.base import GenerationRequest
+from imagegen_generator.providers.http_pool import SHARD_SIZE, ShardedTransport
 from imagegen_generator.providers.local import LocalProvider
 from imagegen_generator.providers.replicate import ReplicateOptions, ReplicateProvider
 from imagegen_testing import eventually
@@ -46,9 +47,14 @@ async def test_a_replica_holds_as_many_predictions_as_its_concurrency(fake_repli
             what=f"{jobs} predictions held at once",
             detail=lambda: f"{len(fake_replicate.creates)} created",
         )
+        # In small pools: no pool's bookkeeping walks a thousand connections for each request.
+        assert isinstance(provider.api_transport, ShardedTransport)
+        assert max(provider.api_transport.in_flight) <= SHARD_SIZE
         fake_replicate.release()
         outputs = await asyncio.gather(*running)
         assert all(output.data for output in outputs)
+        # The images were downloaded through small pools too.
+        assert provider.download_transport.open_connections > 0
     finally:
         await provider.aclose()
 

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from imagegen_common.catalog import load_catalog
 from imagegen_generator import errors
+from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.providers.base import GenerationRequest
 from imagegen_generator.providers.replicate import (
     ReplicateOptions,
@@ -25,6 +26,7 @@ from imagegen_generator.providers.replicate import (
     classify_failure,
     first_output_url,
     parse_retry_after,
+    prefer_wait_seconds,
 )
 from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeReplicate, output_size, render_output
@@ -134,6 +136,58 @@ async def test_official_model_prediction_with_prefer_wait(
     # The output file is fetched without our token: it lives on another host in production.
     (download,) = fake_replicate.recorded("GET", "/files/")
     assert "authorization" not in download.headers
+
+
+async def test_a_create_waits_up_to_replicates_maximum_by_default(fake_replicate: FakeReplicate) -> None:
+    provider = ReplicateProvider(
+        ReplicateOptions(api_token=fake_replicate.token, base_url=fake_replicate.url)
+    )
+    try:
+        await provider.generate(request())
+        await provider.generate(request(deadline=time.time() + 30.5))
+    finally:
+        await provider.aclose()
+    unbounded, bounded = fake_replicate.creates
+    assert unbounded.headers["prefer"] == "wait=60"
+    assert bounded.headers["prefer"] == "wait=30"  # never past the job's remaining time
+    assert GeneratorSettings().replicate_wait_seconds == 60
+
+
+async def test_a_held_create_may_take_longer_than_an_ordinary_request(fake_replicate: FakeReplicate) -> None:
+    fake_replicate.behaviour.delay_seconds = 1.5  # the create is held 1.5 s, past the 0.5 s timeout
+    provider = ReplicateProvider(options(fake_replicate, wait_seconds=3, request_timeout_seconds=0.5))
+    try:
+        output = await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert output.data
+    assert len(fake_replicate.creates) == 1
+    assert fake_replicate.recorded("GET", "/v1/predictions/") == []  # answered by the create
+
+
+async def test_a_held_create_whose_answer_is_slow_to_arrive_is_not_timed_out(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """The replicate client alone gives a create its wait + 0.5 s to answer: a create that timed out
+    cannot be retried (the prediction may exist), so the margin is an ordinary request's timeout."""
+    fake_replicate.behaviour.delay_seconds = 2.0  # still running after the 1 s wait
+    fake_replicate.behaviour.create_latency_seconds = 1.5  # then answered 1.5 s late
+    provider = ReplicateProvider(options(fake_replicate, wait_seconds=1, request_timeout_seconds=3))
+    try:
+        output = await provider.generate(request())
+    finally:
+        await provider.aclose()
+    assert output.data
+    assert len(fake_replicate.creates) == 1
+    assert len(fake_replicate.recorded("GET", "/v1/predictions/")) >= 1
+
+
+def test_prefer_wait_parsing() -> None:
+    assert prefer_wait_seconds("wait=5") == 5.0
+    assert prefer_wait_seconds("respond-async, wait=60") == 60.0
+    assert prefer_wait_seconds("wait") == 60.0
+    assert prefer_wait_seconds("respond-async") is None
+    assert prefer_wait_seconds(None) is None
 
 
 async def test_versioned_model_is_created_by_version(

@@ -56,6 +56,9 @@ class FakeBehaviour:
     output_format: str = "png"
     #: Output as a list of URLs (FLUX) rather than one URL (nano-banana).
     output_as_list: bool = False
+    #: Seconds a create's answer takes to arrive after its ``Prefer: wait`` (a slow network or a busy
+    #: Replicate).
+    create_latency_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ class FakeReplicate:
         with self._lock:
             self._predictions[prediction.id] = prediction
         await self._wait(prediction, _prefer_wait(request.headers.get("prefer", "")))
+        if prediction.behaviour.create_latency_seconds:
+            await asyncio.sleep(prediction.behaviour.create_latency_seconds)
         return JSONResponse(self._json(prediction), 201)
 
     async def _wait(self, prediction: _Prediction, seconds: float) -> None:

@@ -91,11 +91,15 @@ class GeneratorSettings(
         "https://api.replicate.com", description="Base URL of Replicate's API (tests point it at a fake)."
     )
     replicate_wait_seconds: int = Field(
-        10,
+        # Replicate's maximum, as the official client's `replicate.run`: most predictions end within
+        # it, so a job makes one request rather than a create and a poll a second after the wait.
+        60,
         ge=1,
         le=60,
-        description="`Prefer: wait` time of a prediction request before polling. A cancel reaches "
-        "Replicate at most this late when it comes while the request is held (the id is not known yet).",
+        description="`Prefer: wait` time of a prediction request before polling; never more than the "
+        "job's remaining time. The trade-off: a cancel that comes while the request is held reaches "
+        "Replicate only once the prediction's id is known, at most this late (the job's deadline still "
+        "bounds it, since the wait never runs past it).",
     )
     replicate_poll_interval_seconds: float = Field(
         1.0, gt=0, description="Interval of polling a prediction that did not finish within the wait."
@@ -110,7 +114,9 @@ class GeneratorSettings(
         30.0, ge=0, description="Longest backoff, also the cap of a Retry-After header."
     )
     replicate_request_timeout_seconds: float = Field(
-        30.0, gt=0, description="Timeout of one Replicate request (other than a `Prefer: wait` one)."
+        30.0,
+        gt=0,
+        description="Timeout of one Replicate request; a `Prefer: wait` create may take its wait longer.",
     )
     provider_output_max_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest image accepted from a provider, in bytes."

@@ -1,15 +1,17 @@
 """Replicate, through the official ``replicate`` client.
 
-A prediction is created with ``Prefer: wait`` (held open up to the job's remaining time) and polled
-when it is still running after that. Polls (GET, idempotent) and the output download are retried
+A prediction is created with ``Prefer: wait`` (held open up to 60 s, never past the job's remaining
+time) and polled when it is still running after that; the read timeout of that request is the wait
+plus an ordinary request's timeout. Polls (GET, idempotent) and the output download are retried
 with exponential backoff on 429, 5xx and network errors, honouring ``Retry-After``. A create (POST)
 is retried only when Replicate provably did not start a prediction: a 429, or a connection that was
 never made. A 5xx, a timeout or a connection lost after the request was sent may come after the
 prediction was created, and a blind retry would pay for two; those fail the delivery as
 ProviderUnavailable, and the job is tried again on a later delivery. A prediction is cancelled
 upstream when its job is cancelled or runs past its deadline, also when that happens while the
-create request is still in flight (the cancel is sent once its id is known). The output file is
-downloaded right away: Replicate's file URLs expire after an hour.
+create request is still in flight (the cancel is sent once its id is known, at most the wait later).
+The output file is downloaded right away: Replicate's file URLs expire after an hour. Both the API and
+the file downloads go through a ShardedTransport: a connection per job, in small pools.
 
 The model called is the job's ``provider_model`` when it names one, otherwise the catalog's; the
 catalog model says how the input is built either way.
@@ -55,6 +57,7 @@ from imagegen_generator.errors import (
     ProviderUnavailable,
 )
 from imagegen_generator.providers.base import GenerationRequest, ProviderOutput
+from imagegen_generator.providers.http_pool import ShardedTransport
 from imagegen_generator.replicate_input import build_input
 
 log = logging.getLogger(__name__)
@@ -65,17 +68,20 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 _SAFETY_WORDS = ("nsfw", "safety", "sensitive", "content policy", "flagged", "inappropriate")
 _CANCEL_TIMEOUT_SECONDS = 10.0
 _SPARE_CONNECTIONS = 16
+_CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicateOptions:
     api_token: str
     base_url: str = "https://api.replicate.com"
-    wait_seconds: int = 10
+    #: ``Prefer: wait`` of a create: Replicate's maximum, as the official client's ``replicate.run``.
+    wait_seconds: int = 60
     poll_interval_seconds: float = 1.0
     max_retries: int = 4
     retry_initial_seconds: float = 1.0
     retry_max_seconds: float = 30.0
+    #: Timeout of one request; a create's read timeout is its wait longer.
     request_timeout_seconds: float = 30.0
     output_max_bytes: int = 64 * 1024 * 1024
     #: Connections to Replicate (and to its file host) at most: one per job the replica runs at once,
@@ -183,26 +189,28 @@ class ReplicateProvider:
     ) -> None:
         self.options = options
         self._cpu = cpu or CpuPool()
-        extra: dict[str, Any] = {"event_hooks": {"response": [_raise_retryable]}}
         # httpx's default pool holds 100 connections: the 101st prediction of a replica would wait
         # for a free one, however many jobs the replica runs. A margin for cancels and downloads.
-        limits = httpx.Limits(
-            max_connections=options.max_connections + _SPARE_CONNECTIONS,
-            max_keepalive_connections=options.max_connections + _SPARE_CONNECTIONS,
-        )
-        extra["transport"] = transport or httpx.AsyncHTTPTransport(limits=limits)
+        connections = options.max_connections + _SPARE_CONNECTIONS
+        self.api_transport = transport or ShardedTransport(connections)
+        self.download_transport = ShardedTransport(connections)
+        self._timeout = httpx.Timeout(options.request_timeout_seconds, connect=_CONNECT_TIMEOUT_SECONDS)
+        extra: dict[str, Any] = {
+            "event_hooks": {"request": [self._time_out_after_the_wait], "response": [_raise_retryable]}
+        }
         self._client = ReplicateClient(
             api_token=options.api_token,
             base_url=options.base_url,
-            timeout=httpx.Timeout(options.request_timeout_seconds, connect=10.0),
+            timeout=self._timeout,
+            transport=self.api_transport,
             **extra,
         )
         # Output files are fetched without our token: they live on another host than the API.
         self._downloads = httpx.AsyncClient(
-            timeout=httpx.Timeout(options.request_timeout_seconds, connect=10.0),
+            timeout=self._timeout,
             follow_redirects=True,
             event_hooks={"response": [_raise_retryable]},
-            limits=limits,
+            transport=self.download_transport,
         )
         self._cleanups: set[asyncio.Task[None]] = set()
         self._backoff = wait_exponential_jitter(
@@ -241,6 +249,20 @@ class ReplicateProvider:
             self._track(asyncio.ensure_future(self._cancel(prediction.id)))
             raise
         return await self._result(request, prediction)
+
+    async def _time_out_after_the_wait(self, request: httpx.Request) -> None:
+        """Gives a ``Prefer: wait=N`` request N seconds more than an ordinary one to answer.
+
+        The replicate client sets such a request's read timeout to N + 0.5 s: an answer held the
+        whole wait that takes longer than half a second to arrive would time out, and a create that
+        timed out is not retried (the prediction may exist); the job would be tried again later."""
+        wait = prefer_wait_seconds(request.headers.get("prefer"))
+        if wait is not None:
+            read = wait + self.options.request_timeout_seconds
+            timeout = httpx.Timeout(
+                self.options.request_timeout_seconds, connect=_CONNECT_TIMEOUT_SECONDS, read=read
+            )
+            request.extensions["timeout"] = timeout.as_dict()
 
     def _wait_seconds(self, request: GenerationRequest) -> int:
         # Hold the create request no longer than the job may run, so that its id is known in time.
@@ -382,6 +404,18 @@ class ReplicateProvider:
         await self._downloads.aclose()
         # The client has no close(); its httpx client is created on first use and kept.
         await self._client._async_client.aclose()
+
+
+def prefer_wait_seconds(header: str | None) -> float | None:
+    """Seconds a ``Prefer: wait=N`` header asks the server to hold the request (``wait`` alone: 60);
+    None without one."""
+    for part in (header or "").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            with contextlib.suppress(ValueError):
+                return float(value) if value.strip() else 60.0
+            return 60.0
+    return None
 
 
 def first_output_url(output: Any) -> str | None:
