@@ -12,7 +12,7 @@ take ``--delay`` seconds, then sends ``--calls`` MCP ``tools/call generate_image
 - what is still held afterwards (credits reserved and never settled; must be 0).
 
 Baseline, in the same run: the same number of predictions sent straight to the fake Replicate at once
-(``Prefer: wait``): what the provider alone takes, without our path.
+(``Prefer: wait``), each output image fetched: what the provider alone takes, without our path.
 
 The fake runs in a process of its own (its CPU is in the table), so that the bench's clients do not
 share an interpreter with it; the clients spread their connections over pools of
@@ -159,11 +159,18 @@ async def baseline(fake: FakeProcess, calls: int, size: int) -> Run:
                 "/v1/models/google/nano-banana/predictions",
                 json={"input": {"prompt": "a lighthouse", "width": size, "height": size}},
             )
-            status = reply.json().get("status") if reply.status_code < 300 else None
-            if status == "succeeded":
+            prediction = reply.json() if reply.status_code < 300 else {}
+            status = prediction.get("status")
+            if status != "succeeded":
+                errors[f"http {reply.status_code} {status}"] += 1
+                return
+            # and its image, as any client of Replicate fetches it
+            output = prediction["output"]
+            image = await clients[number % len(clients)].get(output if isinstance(output, str) else output[0])
+            if image.status_code == 200:
                 latencies.append(time.perf_counter() - started)
             else:
-                errors[f"http {reply.status_code} {status}"] += 1
+                errors[f"http {image.status_code} on the output"] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(calls)))
