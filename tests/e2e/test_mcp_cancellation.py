@@ -144,8 +144,8 @@ async def test_waits_for_a_job_settled_elsewhere_end_from_billings_record(
         failure = resources_pb2.JobResult(
             error=jobs_pb2.ERROR_CODE_CONTENT_REJECTED, error_message="refused elsewhere"
         )
-        with grpc.insecure_channel(slow_stack.billing_address) as channel:
-            billing_service_pb2_grpc.BillingServiceStub(channel).SettleJob(
+        async with grpc.aio.insecure_channel(slow_stack.billing_address) as channel:
+            await billing_service_pb2_grpc.BillingServiceStub(channel).SettleJob(
                 billing_service_pb2.SettleJobRequest(
                     job_id=idempotent_job_id(account.account_id, "k-1"), result=failure
                 ),

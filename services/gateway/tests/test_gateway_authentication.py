@@ -90,6 +90,24 @@ async def test_a_lookup_answered_before_a_revocation_is_not_cached() -> None:
     assert await revoked(auth, "igk_ada")  # asked billing again rather than trusting that answer
 
 
+async def test_a_request_after_a_revocation_does_not_join_a_lookup_begun_before_it() -> None:
+    gate = asyncio.Event()
+    billing = FakeBilling(gate=gate)
+    auth = Authenticator(billing, cache_seconds=3600)
+    before = asyncio.ensure_future(auth.principal("igk_ada"))
+    for _ in range(3):  # the request, then its lookup task, reach billing
+        await asyncio.sleep(0)
+    assert billing.calls == 1
+    del billing.tokens["igk_ada"]  # revoked in billing, and the broadcast arrives
+    auth.forget("acc_ada", "tok_1")
+    after = asyncio.ensure_future(revoked(auth, "igk_ada"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await after  # its own lookup, which billing refuses
+    assert billing.calls == 2
+    await asyncio.gather(before, return_exceptions=True)  # whatever the earlier lookup said
+
+
 @pytest.mark.parametrize("revocation", [Revocation("acc_ada", "tok_1"), Revocation("acc_ada")])
 async def test_every_replica_drops_a_revoked_token_at_once(
     connect: Callable[[], Awaitable[NATS]], revocation: Revocation

@@ -48,6 +48,7 @@ class Billing(billing_service_pb2_grpc.BillingServiceServicer):
 
     refusals: dict[str, Refusal] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)
+    prompt: str = ""
 
     async def _refuse(self, name: str, request: Any, context: Any) -> None:
         self.requests.append(request)
@@ -85,7 +86,18 @@ class Billing(billing_service_pb2_grpc.BillingServiceServicer):
         self, request: Any, context: Any
     ) -> pb.BatchGetReservationsResponse:
         await self._refuse("BatchGetReservations", request, context)
-        found = [R(job_id=j, state=R.STATE_HELD) for j in request.job_ids if j != "img_unknown"]
+        found = [
+            R(
+                job_id=j,
+                state=R.STATE_HELD,
+                details=resources_pb2.JobDetails(
+                    prompt=self.prompt,
+                    webhook_url=f"https://hooks.example.test/{'w' * 200}" if self.prompt else "",
+                ),
+            )
+            for j in request.job_ids
+            if j != "img_unknown"
+        ]
         return pb.BatchGetReservationsResponse(reservations=found)
 
     async def ListReservations(self, request: Any, context: Any) -> pb.ListReservationsResponse:  # noqa: N802
@@ -195,6 +207,15 @@ async def test_reservations_are_read_in_one_call_and_refusals_translated(
     with pytest.raises(InvalidInputError) as raised:
         await client.reservations([f"img_{i}" for i in range(1001)])
     assert raised.value.field == "job_ids"
+
+
+async def test_a_batch_of_long_prompts_past_grpc_s_default_limit_is_read(
+    served: tuple[Billing, BillingClient],
+) -> None:
+    billing, client = served
+    billing.prompt = "\N{FRAME WITH PICTURE}" * 1024  # 4 bytes each in UTF-8
+    found = await client.reservations([f"img_{i}" for i in range(1000)])
+    assert len(found) == 1000 and found[-1].prompt == billing.prompt
 
 
 async def test_a_bad_page_token_names_the_cursor(served: tuple[Billing, BillingClient]) -> None:

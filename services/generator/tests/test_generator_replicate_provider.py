@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from imagegen_common.catalog import load_catalog
 from imagegen_generator import errors
+from imagegen_generator.app import make_provider
 from imagegen_generator.config import GeneratorSettings
 from imagegen_generator.providers.base import GenerationRequest
 from imagegen_generator.providers.replicate import (
@@ -153,16 +154,21 @@ async def test_a_create_waits_up_to_replicates_maximum_by_default(fake_replicate
     assert GeneratorSettings().replicate_wait_seconds == 60
 
 
-async def test_a_held_create_may_take_longer_than_an_ordinary_request(fake_replicate: FakeReplicate) -> None:
-    fake_replicate.behaviour.delay_seconds = 1.5  # the create is held 1.5 s, past the 0.5 s timeout
-    provider = ReplicateProvider(options(fake_replicate, wait_seconds=3, request_timeout_seconds=0.5))
+@pytest.mark.parametrize(("wait", "drain", "held"), [(60, 20.0, 20), (10, 20.0, 10), (60, 0.0, 1)])
+async def test_a_create_is_never_held_past_the_drain(wait: int, drain: float, held: int) -> None:
+    """A replica told to stop drains its jobs, then hands the rest back to NATS and cancels their
+    predictions: a create still held then would end with the process, its prediction uncancelled."""
+    settings = GeneratorSettings(
+        provider="replicate",
+        replicate_api_token="r8_test",
+        replicate_wait_seconds=wait,
+        generator_drain_timeout_seconds=drain,
+    )
+    provider = make_provider(settings)
     try:
-        output = await provider.generate(request())
+        assert isinstance(provider, ReplicateProvider) and provider.options.wait_seconds == held
     finally:
         await provider.aclose()
-    assert output.data
-    assert len(fake_replicate.creates) == 1
-    assert fake_replicate.recorded("GET", "/v1/predictions/") == []  # answered by the create
 
 
 async def test_a_held_create_whose_answer_is_slow_to_arrive_is_not_timed_out(

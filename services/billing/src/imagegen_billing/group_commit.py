@@ -3,15 +3,14 @@
 A burst of reservations and settlements (a thousand MCP calls at once, their outcomes twenty seconds
 later) used to cost one transaction, one commit (an fsync) each, one after the other on SQLite and on
 one account's row lock on PostgreSQL. Here every write unit is queued; one loop takes whatever is
-queued, runs the units in arrival order in one transaction and commits once. Each unit runs against
-what the units before it wrote, through the same conditional UPDATEs, so per-account order and the
-no-overdraw rule are those of one-at-a-time execution.
+queued, runs the units in arrival order in one transaction and commits once. Each unit is decided
+against what the units before it left (the ledger's batch reads the rows once and decides every call
+in order), so per-account order and the no-overdraw rule are those of one-at-a-time execution.
 
 Each caller gets its own answer:
 - a unit that raises a ``BillingError`` (refused: short of credits, a job id reused, …) has that error
   as its answer and the others go on. Such a unit must raise **before it writes anything** (every
-  unit of the ledger does: its refusals come from reads and from conditional UPDATEs that matched no
-  row);
+  unit of the ledger does: its refusals are decided from what it read, before the group writes);
 - any other failure (a unique key raced by another process, a deadlock, a lost connection) rolls the
   group back, and each of its units is run again alone, in a transaction of its own, so that only the
   units that fail alone fail.

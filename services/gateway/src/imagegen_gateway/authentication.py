@@ -144,7 +144,8 @@ class Authenticator:
         return await asyncio.shield(lookup)
 
     def _looked_up(self, key: bytes, lookup: asyncio.Task[Principal]) -> None:
-        self._lookups.pop(key, None)
+        if self._lookups.get(key) is lookup:
+            del self._lookups[key]
         if not lookup.cancelled():
             lookup.exception()  # retrieved: every caller may have gone before it ended
 
@@ -171,6 +172,9 @@ class Authenticator:
         """Drops a revoked token (or, without ``token_id``, every token of a disabled account) from
         the cache, so that its next request asks billing; returns how many entries went."""
         self._revocations += 1
+        # A request that comes after this asks billing anew rather than joining a lookup that may
+        # have been answered before the revocation.
+        self._lookups.clear()
         gone = [
             key
             for key, (principal, _) in self._cache.items()

@@ -118,6 +118,10 @@ def translate(error: RpcError) -> GatewayError:
     return GatewayError("billing failed to answer")
 
 
+#: The largest answer the gateway takes from billing.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
 class BillingClient:
     """Billing's API as one service identity: ``caller`` and its ``secret`` go with every call (one
     client interceptor, ``service_auth.CallerCredentials``); billing refuses a call without them."""
@@ -137,6 +141,9 @@ class BillingClient:
                 ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                 ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
                 ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+                # A page of 1000 reservations (ListReservations, BatchGetReservations) carries up to
+                # 1000 prompts of 1024 characters, up to 4 UTF-8 bytes each: past gRPC's 4 MiB default.
+                ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
             ],
             # grpc-stubs want a cast: their interceptor type is a placeholder
             interceptors=cast("Any", [CallerCredentials(caller, value)]) if caller is not None else None,

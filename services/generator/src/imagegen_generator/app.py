@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -53,7 +54,14 @@ def make_provider(settings: GeneratorSettings, cpu: CpuPool | None = None) -> Pr
             ReplicateOptions(
                 api_token=settings.replicate_api_token.get_secret_value(),
                 base_url=settings.replicate_base_url,
-                wait_seconds=settings.replicate_wait_seconds,
+                # A create held past the drain would end the process before its id is known, and the
+                # prediction of a job handed back to NATS could not be cancelled.
+                wait_seconds=max(
+                    1,
+                    min(
+                        settings.replicate_wait_seconds, math.floor(settings.generator_drain_timeout_seconds)
+                    ),
+                ),
                 poll_interval_seconds=settings.replicate_poll_interval_seconds,
                 max_retries=settings.replicate_max_retries,
                 retry_initial_seconds=settings.replicate_retry_initial_seconds,

@@ -97,9 +97,10 @@ class GeneratorSettings(
         ge=1,
         le=60,
         description="`Prefer: wait` time of a prediction request before polling; never more than the "
-        "job's remaining time. The trade-off: a cancel that comes while the request is held reaches "
-        "Replicate only once the prediction's id is known, at most this late (the job's deadline still "
-        "bounds it, since the wait never runs past it).",
+        "job's remaining time nor `IMAGEGEN_GENERATOR_DRAIN_TIMEOUT_SECONDS`. The trade-off: a cancel "
+        "that comes while the request is held reaches Replicate only once the prediction's id is known, "
+        "at most this late (the job's deadline still bounds it, since the wait never runs past it; and "
+        "a replica that stops has every id by the end of its drain, so it cancels what it hands back).",
     )
     replicate_poll_interval_seconds: float = Field(
         1.0, gt=0, description="Interval of polling a prediction that did not finish within the wait."
