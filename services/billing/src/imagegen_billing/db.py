@@ -2,11 +2,11 @@
 
 Writers never overdraw on either database: the ledger decides a group of writes on the balances it
 read (locked, on PostgreSQL) and writes them in one transaction with their ledger entries (see
-``ledger``). On PostgreSQL concurrent writers serialise on the account's row lock. SQLite has a single writer per file: here every write
-transaction is taken by one coroutine at a time (an asyncio lock) and opens with ``BEGIN IMMEDIATE``,
-so it holds the write lock from its first statement and can never fail half-way with "database is
-locked"; ``busy_timeout`` covers other processes on the same file, and WAL keeps readers off the
-writer's way.
+``ledger``). On PostgreSQL concurrent writers serialise on the account's row lock. SQLite has a
+single writer per file: here every write transaction is taken by one coroutine at a time (an
+asyncio lock) and opens with ``BEGIN IMMEDIATE``, so it holds the write lock from its first statement
+and can never fail half-way with "database is locked"; ``busy_timeout`` covers other processes on the
+same file, and WAL keeps readers off the writer's way.
 """
 
 from __future__ import annotations
