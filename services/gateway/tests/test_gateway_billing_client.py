@@ -4,6 +4,7 @@ never on the status code or the message."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,8 @@ class Billing(billing_service_pb2_grpc.BillingServiceServicer):
     refusals: dict[str, Refusal] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)
     prompt: str = ""
+    #: Seconds ReserveBatch takes (a burst queued in billing's group commit).
+    reserve_delay: float = 0.0
 
     async def _refuse(self, name: str, request: Any, context: Any) -> None:
         self.requests.append(request)
@@ -62,6 +65,7 @@ class Billing(billing_service_pb2_grpc.BillingServiceServicer):
 
     async def ReserveBatch(self, request: Any, context: Any) -> pb.ReserveBatchResponse:  # noqa: N802
         await self._refuse("ReserveBatch", request, context)
+        await asyncio.sleep(self.reserve_delay)
         return pb.ReserveBatchResponse()
 
     async def Release(self, request: Any, context: Any) -> pb.ReleaseResponse:  # noqa: N802
@@ -216,6 +220,27 @@ async def test_a_batch_of_long_prompts_past_grpc_s_default_limit_is_read(
     billing.prompt = "\N{FRAME WITH PICTURE}" * 1024  # 4 bytes each in UTF-8
     found = await client.reservations([f"img_{i}" for i in range(1000)])
     assert len(found) == 1000 and found[-1].prompt == billing.prompt
+
+
+async def test_a_reservation_may_wait_longer_than_a_read() -> None:
+    billing = Billing(reserve_delay=0.5)  # type: ignore[abstract]
+    server = grpc.aio.server()
+    billing_service_pb2_grpc.add_BillingServiceServicer_to_server(billing, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    queued = BillingClient(f"127.0.0.1:{port}", timeout=0.2, reserve_timeout=5.0)
+    impatient = BillingClient(f"127.0.0.1:{port}", timeout=0.2)
+    expires = datetime.now(UTC)
+    try:
+        held = await queued.reserve("acc_1", [], expires)
+        assert held.reservations == ()
+        with pytest.raises(ServiceUnavailableError):
+            await impatient.reserve("acc_1", [], expires)
+    finally:
+        await queued.close()
+        await impatient.close()
+        await server.stop(grace=None)
 
 
 async def test_a_bad_page_token_names_the_cursor(served: tuple[Billing, BillingClient]) -> None:

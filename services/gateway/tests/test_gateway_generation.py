@@ -62,6 +62,8 @@ class FakeBilling:
     status_fails_after: float | None = None
     #: The job ids of every BatchGetReservations call.
     status_reads: list[list[str]] = field(default_factory=list)
+    #: Billing holds the credits but its answer is lost (the caller's deadline passed first).
+    lose_reserve_answer: bool = False
 
     async def reserve(
         self, account_id: str, requests: Sequence[ReservationRequest], expire_time: datetime
@@ -80,6 +82,8 @@ class FakeBilling:
                 )
                 self.credits -= r.amount
                 created.append(r.job_id)
+        if self.lose_reserve_answer:
+            raise ServiceUnavailableError("billing is unavailable; please try again shortly")
         return HeldBatch(
             reservations=tuple(self.records[r.job_id] for r in requests),
             credits=self.credits,
@@ -346,6 +350,17 @@ async def test_a_repeat_whose_job_replies_elsewhere_ends_with_billings_record() 
     await finisher
     assert (image.image_id, image.image_url) == (job_id, IMAGE.image_url)
     assert jobs.published == [] and billing.releases == []
+
+
+async def test_a_reservation_whose_answer_was_lost_is_given_back() -> None:
+    billing, jobs = FakeBilling(credits=100, lose_reserve_answer=True), FakeJobs()
+    generations = _generations(billing, jobs)
+    with pytest.raises(ServiceUnavailableError):
+        await generations.generate(PRINCIPAL, REQUEST)
+    await eventually(lambda: bool(billing.releases), what="the release")
+    [(job_id, reason)] = billing.releases
+    assert reason is ReleaseReason.NOT_QUEUED and billing.records[job_id].state is ReservationState.RELEASED
+    assert jobs.published == []
 
 
 async def test_concurrent_waits_share_one_status_read_per_interval() -> None:

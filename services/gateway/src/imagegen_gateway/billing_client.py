@@ -127,9 +127,16 @@ class BillingClient:
     client interceptor, ``service_auth.CallerCredentials``); billing refuses a call without them."""
 
     def __init__(
-        self, address: str, timeout: float, caller: Caller | None = None, secret: SecretStr | str = ""
+        self,
+        address: str,
+        timeout: float,
+        caller: Caller | None = None,
+        secret: SecretStr | str = "",
+        reserve_timeout: float | None = None,
     ) -> None:
         self.timeout = timeout
+        #: A reservation's deadline: billing queues a burst's writes, so it may take longer than a read.
+        self.reserve_timeout = reserve_timeout or timeout
         value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
         self.channel = grpc.aio.insecure_channel(
             address,
@@ -154,10 +161,12 @@ class BillingClient:
     async def close(self) -> None:
         await self.channel.close(grace=None)
 
-    async def _call(self, rpc: Callable[..., Awaitable[Reply]], request: Any) -> Reply:
+    async def _call(
+        self, rpc: Callable[..., Awaitable[Reply]], request: Any, timeout: float | None = None
+    ) -> Reply:
         """Every call of billing goes through here: its deadline and the one error translation."""
         try:
-            return await rpc(request, timeout=self.timeout)
+            return await rpc(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise translate(rpc_errors.from_error(exc)) from exc
 
@@ -199,7 +208,7 @@ class BillingClient:
             ]
         )
         try:
-            reply = await self._call(self.stub.ReserveBatch, batch)
+            reply = await self._call(self.stub.ReserveBatch, batch, self.reserve_timeout)
         except InsufficientCreditsError as exc:  # the same error, worded for the number of images
             raise InsufficientCreditsError(exc.required, exc.available, images=len(requests)) from exc
         return HeldBatch(

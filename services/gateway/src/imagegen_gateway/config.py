@@ -35,6 +35,12 @@ class GatewaySettings(
     gateway_listen: str = Field("127.0.0.1:8000", description="Address the gateway's HTTP server listens on.")
     billing_address: str = Field("127.0.0.1:50051", description="Billing's gRPC address (host:port).")
     billing_timeout_seconds: float = Field(5.0, gt=0, description="Deadline of one gRPC call to billing.")
+    billing_reserve_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Deadline of a reservation: billing queues the writes of a burst rather than refusing "
+        "them, so a reservation may wait this long in its queue (billing that is down is refused at once).",
+    )
     job_timeout_seconds: float = Field(
         300.0,
         gt=0,

@@ -204,23 +204,31 @@ class Generations:
         credits = price(model, request.width, request.height, len(request.input_image_urls))
         deadline = datetime.now(UTC) + self.job_timeout
         fingerprint = request.fingerprint()
-        held = await self.billing.reserve(
-            principal.account_id,
-            [
-                ReservationRequest(
-                    job_id,
-                    credits,
-                    model.key,
-                    request.width,
-                    request.height,
-                    fingerprint,
-                    webhook_url,
-                    prompt=request.prompt,
-                )
-                for job_id in job_ids
-            ],
-            expire_time=deadline + self.reservation_grace,
-        )
+        try:
+            held = await self.billing.reserve(
+                principal.account_id,
+                [
+                    ReservationRequest(
+                        job_id,
+                        credits,
+                        model.key,
+                        request.width,
+                        request.height,
+                        fingerprint,
+                        webhook_url,
+                        prompt=request.prompt,
+                    )
+                    for job_id in job_ids
+                ],
+                expire_time=deadline + self.reservation_grace,
+            )
+        except ServiceUnavailableError:
+            # No answer in time: billing may still have held the credits (its answer was lost, or came
+            # after the deadline). Give back whatever it held; a job it never held is left alone.
+            log.warning("a reservation went unanswered; releasing it", extra={"jobs": len(job_ids)})
+            for job_id in job_ids:
+                self._in_background_nowait(self.billing.release(job_id, ReleaseReason.NOT_QUEUED))
+            raise
         created = set(held.created_job_ids)
         submissions = []
         for reservation in held.reservations:
@@ -362,6 +370,12 @@ class Generations:
         task.add_done_callback(self._settled)
         with contextlib.suppress(Exception):  # logged by _settled
             await asyncio.shield(task)
+
+    def _in_background_nowait(self, settle: Coroutine[Any, Any, object]) -> None:
+        """Like ``_in_background``, without waiting for it (the caller has its answer already)."""
+        task = asyncio.ensure_future(settle)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
 
     def _settled(self, task: asyncio.Task[object]) -> None:
         self._settling.discard(task)

@@ -78,6 +78,7 @@ async def open_gateway(settings: GatewaySettings, version: str) -> AsyncIterator
         settings.billing_timeout_seconds,
         Caller.GATEWAY,
         settings.billing_gateway_secret,
+        reserve_timeout=settings.billing_reserve_timeout_seconds,
     )
     # The webhook dispatcher is billing's `webhooks` identity: the only one that reads signing secrets.
     webhook_billing = BillingClient(
