@@ -10,6 +10,7 @@ Billing's messages are mapped to the gateway's domain types here (via ``wire``);
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -65,6 +66,7 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+log = logging.getLogger(__name__)
 UNAVAILABLE_MESSAGE = "billing is unavailable; please try again shortly"
 #: First and longest pause between attempts to reach billing again, in milliseconds.
 RECONNECT_BACKOFF_MS = (250, 2000)
@@ -168,7 +170,17 @@ class BillingClient:
         try:
             return await rpc(request, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise translate(rpc_errors.from_error(exc)) from exc
+            error = translate(rpc_errors.from_error(exc))
+            if type(error) is GatewayError:  # neither a refusal nor billing away: say what it was
+                log.warning(
+                    "billing failed to answer",
+                    extra={
+                        "request": type(request).__name__,
+                        "code": exc.code().name,
+                        "detail": exc.details(),
+                    },
+                )
+            raise error from exc
 
     async def serving(self) -> bool:
         try:
