@@ -227,7 +227,7 @@ class Generations:
             # after the deadline). Give back whatever it held; a job it never held is left alone.
             log.warning("a reservation went unanswered; releasing it", extra={"jobs": len(job_ids)})
             for job_id in job_ids:
-                self._in_background_nowait(self.billing.release(job_id, ReleaseReason.NOT_QUEUED))
+                self._start_in_background(self.billing.release(job_id, ReleaseReason.NOT_QUEUED))
             raise
         created = set(held.created_job_ids)
         submissions = []
@@ -365,17 +365,15 @@ class Generations:
         """Runs a settlement to its end even when the caller is cancelled meanwhile (a client that
         left must still get its credits back); a failure is logged, and billing's reaper frees the
         reservation at its deadline anyway."""
-        task = asyncio.ensure_future(settle)
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
         with contextlib.suppress(Exception):  # logged by _settled
-            await asyncio.shield(task)
+            await asyncio.shield(self._start_in_background(settle))
 
-    def _in_background_nowait(self, settle: Coroutine[Any, Any, object]) -> None:
-        """Like ``_in_background``, without waiting for it (the caller has its answer already)."""
+    def _start_in_background(self, settle: Coroutine[Any, Any, object]) -> asyncio.Future[object]:
+        """Starts a settlement that nothing waits for (the caller has its answer already)."""
         task = asyncio.ensure_future(settle)
         self._settling.add(task)
         task.add_done_callback(self._settled)
+        return task
 
     def _settled(self, task: asyncio.Task[object]) -> None:
         self._settling.discard(task)
