@@ -5,13 +5,16 @@ that gives up never leaves credits held."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
 
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.db import Database
@@ -39,8 +42,29 @@ IMAGE = JobResult(image_url="http://x/images/img.png")
 FAILURE = JobResult(error=JobError.PROVIDER_ERROR, error_message="the provider broke")
 
 
-async def _noop(conn: AsyncConnection) -> None:
+def _noop(conn: Connection) -> None:
     return None
+
+
+@contextlib.contextmanager
+def _listening(db: Database, count: Callable[..., None]) -> Iterator[None]:
+    """``count`` sees every statement the database runs, on whichever engine (see sync_engines)."""
+    for engine in db.sync_engines:
+        event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield
+    finally:
+        for engine in db.sync_engines:
+            event.remove(engine, "before_cursor_execute", count)
+
+
+def _wait_in_unit(loop: asyncio.AbstractEventLoop, awaitable: Coroutine[Any, Any, Any]) -> None:
+    """Waits, inside a unit, for a coroutine of the test's event loop: from SQLite's writer thread,
+    or from SQLAlchemy's greenlet on the loop itself (PostgreSQL)."""
+    if threading.current_thread() is threading.main_thread():
+        await_only(awaitable)
+    else:
+        asyncio.run_coroutine_threadsafe(awaitable, loop).result()
 
 
 async def test_concurrent_batches_share_transactions_and_never_overdraw(
@@ -108,8 +132,8 @@ async def test_a_unit_that_fails_rolls_back_alone(
 ) -> None:
     account, _, _ = await accounts_repo.create("ada@example.test", 10)
 
-    async def breaks_after_writing(conn: AsyncConnection) -> None:
-        await conn.execute(update(accounts).where(accounts.c.id == account.id).values(credits=1_000_000))
+    def breaks_after_writing(conn: Connection) -> None:
+        conn.execute(update(accounts).where(accounts.c.id == account.id).values(credits=1_000_000))
         raise RuntimeError("a failure that is no refusal")
 
     results = await asyncio.gather(
@@ -129,10 +153,11 @@ async def test_a_unit_that_fails_rolls_back_alone(
 async def _hold_the_group(ledger: Ledger) -> tuple[asyncio.Task[None], asyncio.Event, asyncio.Event]:
     """A unit that keeps the group's transaction open until ``release`` is set."""
     started, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    async def hold(conn: AsyncConnection) -> None:
-        started.set()
-        await release.wait()
+    def hold(conn: Connection) -> None:
+        loop.call_soon_threadsafe(started.set)
+        _wait_in_unit(loop, release.wait())
 
     return asyncio.create_task(ledger.group.run(hold)), started, release
 
@@ -194,13 +219,10 @@ async def test_a_burst_with_one_fresh_token_writes_its_last_use_once(
         if statement.lstrip().upper().startswith("UPDATE API_TOKENS"):
             touches.append(statement)
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with _listening(db, count):
         # What 50 concurrent authentications that all read the token as never used do.
         at = datetime.now(UTC)
         await asyncio.gather(*(accounts_repo._touch(token.id, at) for _ in range(50)))
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     assert len(touches) == 1
 
 
@@ -227,11 +249,8 @@ async def test_grouped_batches_run_as_a_few_statements_with_each_callers_answer(
         [ReserveRequest(first.id, "img_over", 1)],
     ]
     before = ledger.group.transactions
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with _listening(db, count):
         results = await asyncio.gather(*(ledger.reserve_batch(c) for c in calls), return_exceptions=True)
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     assert ledger.group.transactions - before == 1
     assert len(updates) == 1  # one (executemany) for the accounts that paid, not one per call
     two, repeat, reused, fits, short, orphan, *ones, over = results
@@ -268,8 +287,7 @@ async def test_a_grouped_settlement_of_many_jobs_answers_each_and_writes_once(
     await ledger.settle("img_5", IMAGE)  # settled before the group: a repeat, then a conflict
     updates, count = _count_statements(db, "UPDATE RESERVATIONS")
     before = ledger.group.transactions
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with _listening(db, count):
         results = await asyncio.gather(
             ledger.settle("img_0", IMAGE),
             ledger.settle("img_1", FAILURE),
@@ -283,8 +301,6 @@ async def test_a_grouped_settlement_of_many_jobs_answers_each_and_writes_once(
             ledger.settle("img_4", IMAGE),
             return_exceptions=True,
         )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     assert ledger.group.transactions - before == 1
     assert len(updates) == 1  # one (executemany) for every reservation the group settled
     cap0, fail1, unknown, rel2, cap3, conflict0, dup5, settled5, missing, cap4 = results
@@ -341,14 +357,11 @@ async def test_a_repeated_reserve_is_answered_in_its_group(
     first = await ledger.reserve(ReserveRequest(account.id, "img_a", 3))
     updates, count = _count_statements(db, "UPDATE ACCOUNTS")
     before = ledger.group.transactions
-    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
-    try:
+    with _listening(db, count):
         repeat, other = await asyncio.gather(
             ledger.reserve(ReserveRequest(account.id, "img_a", 3)),  # the credits are there: a repeat
             ledger.reserve(ReserveRequest(account.id, "img_b", 3)),
         )
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
     # One transaction, one balance update: the repeat took no credits and failed no unique key (which
     # would roll the group back and run both callers again alone).
     assert ledger.group.transactions - before == 1

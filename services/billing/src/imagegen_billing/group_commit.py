@@ -20,19 +20,22 @@ its caller waits (the caller's gRPC deadline); a caller that gives up while its 
 takes nothing with it (the unit is skipped). A caller that gives up while its unit is in the
 transaction being committed cannot stop it: the unit's ``abandoned`` compensation (releasing the
 credits it held) then runs in the next group, so that an error answer never leaves credits held.
+
+Units are plain functions of a sync connection, run by ``Database.run_write``: on SQLite a group is
+one hop to the writer thread (see ``db``), however many statements it has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from imagegen_billing.db import Database
 from imagegen_billing.domain import BillingError
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: A write unit: statements on the group's connection, inside its transaction.
-Work = Callable[[AsyncConnection], Awaitable[T]]
+#: A write unit: statements on the group's connection, inside its transaction (a plain function: on
+#: SQLite it runs in the writer thread, so it must not touch the event loop's objects).
+Work = Callable[[Connection], T]
 #: A compensation for a committed unit whose caller is gone: given the unit's result.
 Abandoned = Callable[[T], Work[Any] | None]
 
@@ -52,7 +56,7 @@ class Batch(Protocol):
     statements per unit. ``run`` answers each item in order (its result, or the BillingError that
     refuses it) as if they had run one after the other; it must refuse before it writes."""
 
-    async def run(self, conn: AsyncConnection, items: list[Any]) -> list[tuple[Any, BillingError | None]]: ...
+    def run(self, conn: Connection, items: list[Any]) -> list[tuple[Any, BillingError | None]]: ...
 
 
 #: Most units in one transaction: keeps one transaction's locks and its rollback bounded.
@@ -116,19 +120,19 @@ class GroupCommit:
             self._task = asyncio.create_task(self._loop(), name="billing-group-commit")
 
     async def aclose(self) -> None:
-        """Stops the loop after the group under way; units still queued fail."""
+        """Stops the loop after the group under way (whose callers get their answers); units still
+        queued fail."""
         self._closed = True
+        self._arrived.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])
         while self._queue:
             unit = self._queue.popleft()
             if not unit.future.done():
                 unit.future.set_exception(RuntimeError("the ledger is closed"))
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closed:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -143,10 +147,11 @@ class GroupCommit:
 
     async def _commit(self, group: list[_Unit[Any]]) -> None:
         try:
-            async with self._db.write() as conn:
-                answers = await _run_units(conn, group)
+            answers = await self._db.run_write(functools.partial(_run_units, group))
         except asyncio.CancelledError:
-            for unit in group:  # closing: the transaction was rolled back
+            # The loop was cancelled (its event loop is closing; aclose lets the group finish): the
+            # callers hear that the ledger closed, and a hold it committed is the reaper's.
+            for unit in group:
                 if not unit.future.done():
                     unit.future.set_exception(RuntimeError("the ledger is closed"))
             raise
@@ -184,11 +189,12 @@ class GroupCommit:
         self._arrived.set()
 
 
-async def _run_units(
-    conn: AsyncConnection, group: list[_Unit[Any]]
-) -> list[tuple[_Unit[Any], Any, BillingError | None]]:
+_Answered = tuple[_Unit[Any], Any, BillingError | None]
+
+
+def _run_units(group: list[_Unit[Any]], conn: Connection) -> list[_Answered]:
     """Runs a group's units in order on its transaction; consecutive units of one batch together."""
-    answers: list[tuple[_Unit[Any], Any, BillingError | None]] = []
+    answers: list[_Answered] = []
     index = 0
     while index < len(group):
         unit = group[index]
@@ -197,13 +203,13 @@ async def _run_units(
             while end < len(group) and group[end].batch is unit.batch:
                 end += 1
             run = group[index:end]
-            results = await unit.batch.run(conn, [u.item for u in run])
+            results = unit.batch.run(conn, [u.item for u in run])
             answers.extend((u, result, refused) for u, (result, refused) in zip(run, results, strict=True))
             index = end
             continue
         assert unit.work is not None
         try:
-            answers.append((unit, await unit.work(conn), None))
+            answers.append((unit, unit.work(conn), None))
         except BillingError as refused:  # refused before writing: the others go on
             answers.append((unit, None, refused))
         index += 1

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import String, and_, any_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -117,6 +118,10 @@ _SET_BALANCE = (
 _SETTLE_RESERVATION = update(reservations).where(
     reservations.c.job_id == bindparam("b_job"), reservations.c.state == ReservationState.HELD.value
 )
+#: A reservation's first start (the group read it without one).
+_START_RESERVATION = update(reservations).where(
+    reservations.c.job_id == bindparam("b_job"), reservations.c.start_time.is_(None)
+)
 _INSERT_RESERVATION = insert(reservations)
 _RESERVATIONS_OF_JOBS = select(reservations).where(
     reservations.c.job_id.in_(bindparam("b_jobs", expanding=True))
@@ -206,12 +211,12 @@ class Ledger:
         return self._undo([r.job_id for r in settled.created]) if settled.created else None
 
     def _undo(self, job_ids: list[str]) -> Work[Any]:
-        async def release_all(conn: AsyncConnection) -> None:
+        def release_all(conn: Connection) -> None:
             releases: list[_Item] = [
                 _Settle(job_id, ReservationState.RELEASED, ReleaseReason.TIMEOUT, _ABANDONED, None)
                 for job_id in job_ids
             ]
-            for settled, _ in await self._batch.run(conn, releases):
+            for settled, _ in self._batch.run(conn, releases):
                 if settled.outcome is SettleOutcome.RELEASED and settled.reservation is not None:
                     metrics.released(settled.reservation.amount, ReleaseReason.TIMEOUT)
 
@@ -253,14 +258,13 @@ class Ledger:
         )
 
     async def mark_started(self, job_id: str, at: datetime) -> bool:
-        """Records when a generator first took the job; False when the job has no reservation."""
-        async with self.db.write() as conn:
-            await conn.execute(
-                update(reservations)
-                .where(reservations.c.job_id == job_id, reservations.c.start_time.is_(None))
-                .values(start_time=at)
-            )
-            return await _reservation(conn, job_id) is not None
+        """Records when a generator first took the job; False when the job has no reservation.
+
+        Grouped with the reservations and settlements that arrive together (a job's start and its
+        outcome, when it is quick)."""
+        check_job_id(job_id)
+        started: bool = await self._group.run_batched(self._batch, _Start(job_id, at))
+        return started
 
     async def _settle(
         self,
@@ -445,7 +449,15 @@ class _Settle:
     result: JobResult | None
 
 
-_Item = _Reserve | _ReserveAll | _Settle
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """A generator took the job at ``at`` (kept unless an earlier start was)."""
+
+    job_id: str
+    at: datetime
+
+
+_Item = _Reserve | _ReserveAll | _Settle | _Start
 _Answer = tuple[Any, BillingError | None]
 
 
@@ -464,6 +476,8 @@ class _Books:
     created: dict[str, Reservation] = field(default_factory=dict)
     settled: dict[str, Reservation] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    #: Job id -> start time, for the existing reservations the group records a start of.
+    started: dict[str, datetime] = field(default_factory=dict)
 
     def credits(self, account_id: str) -> int:
         balance = self.balances.get(account_id)
@@ -509,27 +523,29 @@ class _LedgerBatch:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
-    async def run(self, conn: AsyncConnection, items: list[_Item]) -> list[_Answer]:
-        books = await self._read(conn, items)
+    def run(self, conn: Connection, items: list[_Item]) -> list[_Answer]:
+        books = self._read(conn, items)
         answers: list[_Answer] = []
         for item in items:
             try:
                 if isinstance(item, _Settle):
                     answers.append((self._settle(books, item), None))
+                elif isinstance(item, _Start):
+                    answers.append((self._start(books, item), None))
                 elif isinstance(item, _Reserve):
                     answers.append((self._reserve(books, item), None))
                 else:
                     answers.append((self._reserve_all(books, item), None))
             except BillingError as refused:
                 answers.append((None, refused))
-        await self._write(conn, books)
+        self._write(conn, books)
         return answers
 
-    async def _read(self, conn: AsyncConnection, items: list[_Item]) -> _Books:
+    def _read(self, conn: Connection, items: list[_Item]) -> _Books:
         job_ids: set[str] = set()
         account_ids: set[str] = set()
         for item in items:
-            if isinstance(item, _Settle):
+            if isinstance(item, _Settle | _Start):
                 job_ids.add(item.job_id)
             elif isinstance(item, _Reserve):
                 job_ids.add(item.request.job_id)
@@ -538,10 +554,10 @@ class _LedgerBatch:
                 job_ids.update(r.job_id for r in item.requests)
                 account_ids.add(item.account_id)
         dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
-        rows = await conn.execute(_LOCK_RESERVATIONS[dialect], {"b_ids": sorted(job_ids)})
+        rows = conn.execute(_LOCK_RESERVATIONS[dialect], {"b_ids": sorted(job_ids)})
         existing = {row.job_id: to_reservation(row) for row in rows}
         account_ids.update(r.account_id for r in existing.values())
-        rows = await conn.execute(_LOCK_ACCOUNTS[dialect], {"b_ids": sorted(account_ids)})
+        rows = conn.execute(_LOCK_ACCOUNTS[dialect], {"b_ids": sorted(account_ids)})
         read = {row.id: (row.credits, row.reserved_credits) for row in rows}
         return _Books(now(), existing, {a: list(b) for a, b in read.items()}, read)
 
@@ -591,7 +607,22 @@ class _LedgerBatch:
         note = item.reason.value if item.reason is not None else ""
         return JobSettlement(outcome, settled, books.settle(held, settled, returned, note))
 
-    async def _write(self, conn: AsyncConnection, books: _Books) -> None:
+    def _start(self, books: _Books, item: _Start) -> bool:
+        reservation = books.reservations.get(item.job_id)
+        if reservation is None:
+            return False
+        if reservation.start_time is None:
+            started = replace(reservation, start_time=item.at)
+            books.reservations[item.job_id] = started
+            if item.job_id in books.created:  # made by this group: inserted with its start
+                books.created[item.job_id] = started
+            else:
+                books.started[item.job_id] = item.at
+                if item.job_id in books.settled:
+                    books.settled[item.job_id] = started
+        return True
+
+    def _write(self, conn: Connection, books: _Books) -> None:
         changed = [
             {
                 "b_account": account_id,
@@ -604,19 +635,22 @@ class _LedgerBatch:
             if tuple(balance) != books.read[account_id]
         ]
         if changed:
-            await _execute_all(conn, _SET_BALANCE, changed, "an account's balance changed under a group")
+            _execute_all(conn, _SET_BALANCE, changed, "an account's balance changed under a group")
         if books.created:
-            await conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in books.created.values()])
+            conn.execute(_INSERT_RESERVATION, [reservation_values(r) for r in books.created.values()])
         if books.settled:
             settled = [_settle_values(r) for r in books.settled.values()]
-            await _execute_all(conn, _SETTLE_RESERVATION, settled, "a reservation settled under a group")
-        await append_entries(conn, *books.entries)
+            _execute_all(conn, _SETTLE_RESERVATION, settled, "a reservation settled under a group")
+        if books.started:
+            starts = [{"b_job": job_id, "start_time": at} for job_id, at in books.started.items()]
+            _execute_all(conn, _START_RESERVATION, starts, "a reservation started under a group")
+        append_entries(conn, *books.entries)
 
 
-async def _execute_all(conn: AsyncConnection, statement: Any, params: list[dict[str, Any]], why: str) -> None:
+def _execute_all(conn: Connection, statement: Any, params: list[dict[str, Any]], why: str) -> None:
     """Runs a conditional UPDATE for each parameter set; raises RuntimeError (the group is then run
     again call by call) when one matched no row, where the driver reports how many rows matched."""
-    result = await conn.execute(statement, params)
+    result = conn.execute(statement, params)
     if (len(params) == 1 or conn.dialect.supports_sane_multi_rowcount) and result.rowcount != len(params):
         raise RuntimeError(why)
 

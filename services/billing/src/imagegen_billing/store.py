@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from imagegen_billing.domain import (
@@ -223,10 +224,10 @@ def entry_values(
     }
 
 
-async def append_entries(conn: AsyncConnection, *entries: dict[str, Any]) -> None:
-    """Appends ledger entries (built by ``entry_values``) in the caller's transaction."""
+def append_entries(conn: Connection, *entries: dict[str, Any]) -> None:
+    """Appends ledger entries (built by ``entry_values``) in the caller's (sync) transaction."""
     if entries:
-        await conn.execute(_INSERT_ENTRY, entries[0] if len(entries) == 1 else list(entries))
+        conn.execute(_INSERT_ENTRY, entries[0] if len(entries) == 1 else list(entries))
 
 
 async def append_entry(conn: AsyncConnection, **values: Any) -> LedgerEntry:
