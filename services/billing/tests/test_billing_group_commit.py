@@ -404,3 +404,34 @@ async def test_a_job_settled_and_released_at_once_is_charged_once(
     after = await accounts_repo.get(account.id)
     assert (after.credits, after.reserved_credits) == (100 - 5 * captured, 0)
     await check_consistent(db)
+
+
+async def test_starts_join_the_group_of_their_jobs_reservations_and_outcomes(
+    db: Database, accounts_repo: Accounts, ledger: Ledger, check_consistent: ConsistencyCheck
+) -> None:
+    account, _, _ = await accounts_repo.create("ada@example.test", 10)
+    await ledger.reserve(ReserveRequest(account.id, "img_run", 2))
+    await ledger.reserve(ReserveRequest(account.id, "img_early", 2))
+    early = datetime(2026, 1, 1, tzinfo=UTC)
+    assert await ledger.mark_started("img_early", early)
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    before = ledger.group.transactions
+    updates, count = _count_statements(db, "UPDATE RESERVATIONS")
+    with _listening(db, count):
+        reserved, started_new, started_run, settled, started_early, unknown = await asyncio.gather(
+            ledger.reserve(ReserveRequest(account.id, "img_new", 2)),
+            ledger.mark_started("img_new", at),  # made by this very group: inserted with its start
+            ledger.mark_started("img_run", at),
+            ledger.settle("img_run", IMAGE),  # its outcome, right behind its start
+            ledger.mark_started("img_early", at),  # started before: the first start stays
+            ledger.mark_started("img_unknown", at),
+        )
+    assert ledger.group.transactions - before == 1
+    assert len(updates) == 2  # the one start to write, and the settlement: no statement per start
+    assert reserved.changed and settled.outcome is SettleOutcome.CAPTURED
+    assert (started_new, started_run, started_early, unknown) == (True, True, True, False)
+    assert (await ledger.reservation("img_new")).start_time == at
+    run = await ledger.reservation("img_run")
+    assert run.start_time == at and run.state is ReservationState.CAPTURED
+    assert (await ledger.reservation("img_early")).start_time == early
+    await check_consistent(db)
