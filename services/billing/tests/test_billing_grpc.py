@@ -665,3 +665,23 @@ async def test_batch_get_reservations_refuses_too_many_ids_or_a_bad_one(billing_
         assert [v.field for v in error.violations] == ["job_ids"]
         if message is not None:
             assert raised.details() == message
+
+
+async def test_a_burst_of_reservations_queues_instead_of_being_shed(
+    billing_stub: BillingStub, admin_stub: AdminStub, admin_metadata: Metadata
+) -> None:
+    """More calls at once than gRPC's own server keeps waiting (it sheds them with CANCELLED at
+    random past 1,000 and all past 3,000): billing takes them all, and the group commit absorbs them."""
+    burst = 3500
+    account = (await create_account(admin_stub, admin_metadata, burst)).account
+    calls = [
+        billing_stub.ReserveBatch(pb.ReserveBatchRequest(requests=[reserve(account.id, f"img_{n}", 1)]))
+        for n in range(burst)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures == []
+    left = await admin_stub.GetAccount(
+        admin_pb.GetAccountRequest(account=account.id), metadata=admin_metadata
+    )
+    assert left.account.credits == 0

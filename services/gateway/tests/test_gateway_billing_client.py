@@ -266,6 +266,17 @@ async def test_settling_sends_the_error_code_enum(served: tuple[Billing, Billing
     )
 
 
+async def test_a_call_billing_s_server_sheds_is_unavailable(served: tuple[Billing, BillingClient]) -> None:
+    """CANCELLED with no reason is gRPC's own answer (a call shed, a connection gone), not a refusal:
+    "try again", and the reservation goes the way of any unanswered one (released in the background)."""
+    billing, client = served
+    billing.refusals["ReserveBatch"] = _refusal(
+        grpc.StatusCode.CANCELLED, ErrorReason.ERROR_REASON_UNSPECIFIED, "CANCELLED"
+    )
+    with pytest.raises(ServiceUnavailableError):
+        await client.reserve("acc_1", [ReservationRequest("img_a", 4, "m", 1024, 1024)], datetime.now(UTC))
+
+
 async def test_an_unreachable_billing_is_unavailable() -> None:
     client = BillingClient(f"127.0.0.1:{free_port()}", timeout=0.5)
     try:

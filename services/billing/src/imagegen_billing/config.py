@@ -25,6 +25,14 @@ class BillingSettings(BaseServiceSettings, NatsSettings, BillingCallerSettings, 
     billing_ops_listen: str = Field(
         "127.0.0.1:9101", description="Operations HTTP address of billing: `/metrics`, `/healthz`, `/readyz`."
     )
+    billing_max_pending_rpcs: int = Field(
+        20000,
+        ge=1,
+        description=(
+            "Calls billing's gRPC server holds that it has not started yet (a burst of reservations, "
+            "say) before it sheds more with CANCELLED; gRPC's own default sheds from 1,000."
+        ),
+    )
     database_url: str = Field(
         "",
         description=(

@@ -47,6 +47,16 @@ ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].fu
 HEALTH_PROBE_SECONDS = 5.0
 
 
+def pending_rpc_options(limit: int) -> list[tuple[str, int]]:
+    """gRPC server options that let ``limit`` calls wait to be started. grpc-core sheds calls the
+    application has not taken yet (CANCELLED) at random past 1,000 and all of them past 3,000; a burst
+    of reservations is what the ledger's group commit is made for, so they queue instead."""
+    return [
+        ("grpc.server.max_pending_requests", limit),
+        ("grpc.server.max_pending_requests_hard_limit", limit),
+    ]
+
+
 class BillingServer:
     """One billing server. ``start()`` returns once it listens; ``stop()`` drains and closes it."""
 
@@ -96,7 +106,7 @@ class BillingServer:
             ],
             # gRPC binds with SO_REUSEPORT by default: a second billing on the same port would start
             # "fine" and take half the calls. A taken port must be an error instead.
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *pending_rpc_options(self.settings.billing_max_pending_rpcs)],
         )
         billing_service_pb2_grpc.add_BillingServiceServicer_to_server(
             BillingServicer(self.accounts, self.ledger, catalog, self.webhooks), server

@@ -107,7 +107,10 @@ _BY_REASON: dict[ErrorReason.ValueType, Callable[[RpcError], GatewayError]] = {
     ErrorReason.ERROR_REASON_INVALID_ARGUMENT: _invalid,
 }
 #: Failures of the transport itself, which carry no reason: the only ones read by status code.
-_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: CANCELLED is one of them: a call this side cancels raises CancelledError, not an RpcError, so a
+#: CANCELLED answer means billing's gRPC server shed the call (more calls waiting to be taken than
+#: IMAGEGEN_BILLING_MAX_PENDING_RPCS) or the connection broke under it.
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 def translate(error: RpcError) -> GatewayError:
