@@ -249,7 +249,9 @@ class Profiler:
         for child in stack.stack.children:
             out = self.out_dir / f"{label}-{child.name}.txt"
             command = [self.py_spy, "record", "--pid", str(child.pid), "--rate", str(self.rate)]
-            command += ["--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
+            # --gil: only the thread holding the GIL is sampled. Without it, threads blocked in C
+            # (epoll, a queue's get, a lock) count as busy on kernels where py-spy cannot tell idle.
+            command += ["--format", "raw", "--output", str(out), "--nonblocking", "--threads", "--gil"]
             spies.append((child.name, out, subprocess.Popen(command, stdout=subprocess.DEVNULL)))
         time.sleep(1)  # let py-spy attach before the load starts
         started = time.monotonic()
