@@ -11,6 +11,7 @@ import aioboto3
 import nats
 import pytest
 from moto.server import ThreadedMotoServer
+from nats.aio.msg import Msg
 
 from imagegen_common import nats_names
 from imagegen_common.ids import new_job_id
@@ -85,6 +86,10 @@ async def check_store(store: ImageStore) -> None:
     assert found.data == data
     assert found.info == stored
     assert await store.get(f"{image_id}.webp") is None  # another format: another file
+    assert await store.info(f"{image_id}.png") == stored  # without the bytes
+    assert await store.info(f"{image_id}.webp") is None
+    with pytest.raises(InvalidImageName):
+        await store.info("../secrets.png")
     assert await store.get(f"{new_job_id()}.png") is None
     with pytest.raises(InvalidImageName):
         await store.get("../secrets.png")
@@ -104,6 +109,35 @@ async def test_nats_object_store(nats_server: NatsServer) -> None:
         async with open_image_store(ImageStorageSettings(), nc) as store:
             await check_store(store)
     finally:
+        await nc.close()
+
+
+async def test_a_burst_of_nats_info_reads_makes_no_consumers(nats_server: NatsServer) -> None:
+    """``info`` (the generator asks it of every redelivered job) reads the object's meta message; a
+    ``get`` makes a consumer each time, and a burst of those ran into JetStream's consumer limit."""
+    nc = await nats.connect(nats_server.url)
+    watcher = await nats.connect(nats_server.url)
+    created: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        created.append(msg.subject)
+
+    try:
+        await watcher.subscribe("$JS.API.CONSUMER.CREATE.>", cb=seen)
+        await watcher.flush()
+        async with open_image_store(ImageStorageSettings(), nc) as store:
+            stored = await store.put("img_cccccccccccccccccccccccccc", b"image bytes", "image/png")
+            infos = await asyncio.gather(*(store.info(stored.filename) for _ in range(200)))
+            await nc.flush()
+            await watcher.flush()
+            assert infos == [stored] * 200
+            assert created == []
+            await store.get(stored.filename)  # the watch does see what a get makes
+            await nc.flush()
+            await watcher.flush()
+            assert len(created) == 1
+    finally:
+        await watcher.close()
         await nc.close()
 
 

@@ -3,6 +3,7 @@ deadlines, retries and the lost last delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from imagegen_common import nats_names
 from imagegen_common.images import image_url, parse_image_url
 from imagegen_generator.app import running_generator
 from imagegen_generator.config import GeneratorSettings
-from imagegen_generator.consumer import ConsumerOptions, consumer_config
+from imagegen_generator.consumer import ConsumerOptions, JobConsumer, consumer_config
 from imagegen_testing import eventually
 from imagegen_testing.fake_replicate import FakeReplicate
 from imagegen_testing.jobs import Bus, make_job
@@ -246,6 +247,28 @@ async def test_a_job_longer_than_the_ack_wait_is_kept_alive_not_redelivered(
     replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
     fake_replicate.behaviour.delay_seconds = 3.5  # over three ack waits
+    async with running_generator(
+        replicate_settings(generator_ack_wait_seconds=1.0, replicate_wait_seconds=1)
+    ):
+        job = make_job()
+        await bus.submit(job)
+        outcome = await bus.replies.outcome(job.job_id)
+    assert (outcome.WhichOneof("result"), outcome.attempt) == ("image", 1)
+    assert len(fake_replicate.creates) == 1
+    assert [s.attempt for s in await bus.started_events()] == [1]
+
+
+async def test_a_job_handed_out_again_while_it_runs_here_is_not_run_twice(
+    replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat that comes late (an event loop busy with a burst) lets NATS hand the job out
+    again, here to the replica that runs it: that run answers for it, not a second prediction."""
+
+    async def late_heartbeat(self: JobConsumer, msg: object) -> None:
+        await asyncio.Event().wait()  # never in time: every ack wait lapses
+
+    monkeypatch.setattr(JobConsumer, "_keep_alive", late_heartbeat)
+    fake_replicate.behaviour.delay_seconds = 2.5  # past two ack waits: two more deliveries
     async with running_generator(
         replicate_settings(generator_ack_wait_seconds=1.0, replicate_wait_seconds=1)
     ):

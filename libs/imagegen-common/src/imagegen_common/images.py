@@ -111,6 +111,11 @@ class ImageStore(Protocol):
         """
         ...
 
+    async def info(self, filename: str) -> StoredImage | None:
+        """What the store knows about the image of a file name, without its bytes; None when there
+        is none. Raises InvalidImageName like ``get``."""
+        ...
+
     async def ready(self) -> bool:
         """Whether the backend answers (for readiness probes)."""
         ...
@@ -228,6 +233,21 @@ class NatsImageStore:
         info = StoredImage(image_id, filename, mime_type, len(data), _nats_etag(result.info.digest, data))
         return ImageFile(info, data)
 
+    async def info(self, filename: str) -> StoredImage | None:
+        """One read of the object's meta message: no consumer (``get`` makes one per call, and a
+        burst of them reaches JetStream's consumer limit) and no chunks."""
+        image_id, mime_type = parse_image_filename(filename)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                found = await self._store.get_info(filename)
+        except ObjectNotFoundError:
+            return None
+        digest = found.digest or ""
+        if not digest.upper().startswith("SHA-256="):  # not written by us: hash the bytes themselves
+            image = await self.get(filename)
+            return image.info if image is not None else None
+        return StoredImage(image_id, filename, mime_type, found.size or 0, _nats_etag(digest, b""))
+
     async def ready(self) -> bool:
         await self._store.status()
         return True
@@ -274,6 +294,20 @@ class S3ImageStore:
         stored_etag = response.get("Metadata", {}).get("etag")
         etag = f'"{stored_etag}"' if stored_etag else strong_etag(data)
         return ImageFile(StoredImage(image_id, filename, mime_type, len(data), etag), data)
+
+    async def info(self, filename: str) -> StoredImage | None:
+        image_id, mime_type = parse_image_filename(filename)
+        try:
+            head = await self._client.head_object(Bucket=self._bucket, Key=self._prefix + filename)
+        except self._client.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        stored_etag = head.get("Metadata", {}).get("etag")
+        if not stored_etag:  # not written by us: hash the bytes themselves
+            image = await self.get(filename)
+            return image.info if image is not None else None
+        return StoredImage(image_id, filename, mime_type, int(head["ContentLength"]), f'"{stored_etag}"')
 
     async def ready(self) -> bool:
         await self._client.head_bucket(Bucket=self._bucket)

@@ -135,6 +135,18 @@ class JobConsumer:
         tracing.set_attributes(
             {"imagegen.job_id": job.job_id, "imagegen.model": job.model, "imagegen.attempt": attempt}
         )
+        if job.job_id in self._running:
+            # Our run of it goes on: NATS handed the job out again because the run's heartbeat came
+            # late (a busy event loop). Running it twice would pay the provider twice and store
+            # another image behind the same URL; the run's own ack or nak settles the message (JetStream
+            # takes either delivery's), and this delivery only restarts the ack wait.
+            log.warning(
+                "job handed out again while this replica runs it: left to that run",
+                extra={"job_id": job.job_id, "attempt": attempt},
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+            return
         running = _Running(job.job_id)
         self._running[job.job_id] = running
         metrics.IN_FLIGHT.inc()
@@ -183,6 +195,12 @@ class JobConsumer:
         except NotFoundError:
             return  # already handled
         job = jobs_pb2.GenerationJob.FromString(raw.data or b"")
+        if job.job_id in self._running:  # its last delivery lapsed, but our run of it goes on
+            log.warning(
+                "job out of deliveries while this replica runs it: left to that run",
+                extra={"job_id": job.job_id},
+            )
+            return
         error = InternalError("The job could not be completed on our side; no credits are taken for it.")
         outcome = failure_outcome(job, deliveries, error, time.time())
         await self._events.outcome(outcome, job.reply_subject)

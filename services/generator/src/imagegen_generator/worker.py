@@ -287,7 +287,7 @@ class JobRunner:
         """
         configured = MIME_TYPES[self._options.image_format]
         for mime_type in (configured, *(m for m in MIME_BY_EXTENSION.values() if m != configured)):
-            found = await self._store.get(image_filename(job.job_id, mime_type))
+            found = await self._store.info(image_filename(job.job_id, mime_type))
             if found is None:
                 continue
             log.info(
@@ -300,12 +300,12 @@ class JobRunner:
                 took,
                 jobs_pb2.GeneratedImage(
                     image_id=job.job_id,
-                    url=image_url(self._options.public_base_url, found.info.filename),
-                    mime_type=found.info.mime_type,
+                    url=image_url(self._options.public_base_url, found.filename),
+                    mime_type=found.mime_type,
                     # Stored images are normalised to exactly the job's size.
                     width=job.width,
                     height=job.height,
-                    size_bytes=found.info.size_bytes,
+                    size_bytes=found.size_bytes,
                 ),
                 jobs_pb2.JobTimings(),
             )
