@@ -435,3 +435,29 @@ async def test_starts_join_the_group_of_their_jobs_reservations_and_outcomes(
     assert run.start_time == at and run.state is ReservationState.CAPTURED
     assert (await ledger.reservation("img_early")).start_time == early
     await check_consistent(db)
+
+
+async def test_a_write_in_the_sqlite_writer_thread_outlasts_its_cancelled_callers(db: Database) -> None:
+    """The writer thread cannot be stopped: however often its caller is cancelled, the write lock is
+    held until the transaction ended, so that no other writer (nor a close) runs under it."""
+    if len(db.sync_engines) == 1:
+        pytest.skip("only a SQLite file has a writer thread")
+    lock = db._write_lock
+    assert lock is not None
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn: Connection) -> None:
+        inside.set()
+        release.wait(timeout=30)
+
+    writing = asyncio.create_task(db.run_write(slow))
+    await asyncio.to_thread(inside.wait, 30)
+    for _ in range(2):  # a second cancellation, while the first one waits for the thread
+        writing.cancel()
+        await asyncio.sleep(0.05)
+        assert not writing.done()
+        assert lock.locked()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await writing
+    assert not lock.locked()

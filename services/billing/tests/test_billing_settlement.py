@@ -98,6 +98,9 @@ async def test_outcomes_settle_reservations_once(
     await publish(nc, image_outcome("img_conflict"), "outcome-img_conflict")
     await publish(nc, image_outcome("img_nobody"), "outcome-img_nobody")
     await nc.jetstream().publish(nats_names.OUTCOME_SUBJECT, b"\xff not a protobuf")
+    # A start of a job id no reservation can have: dropped like bad bytes, not retried.
+    unusable = jobs_pb2.JobStarted(job_id="../" + "x" * 300, account_id=account.id, attempt=1)
+    await nc.jetstream().publish(nats_names.STARTED_SUBJECT, unusable.SerializeToString())
     await eventually(lambda: all_acked(nc))
 
     ok = await server.ledger.reservation("img_ok")

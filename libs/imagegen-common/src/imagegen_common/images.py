@@ -242,11 +242,11 @@ class NatsImageStore:
                 found = await self._store.get_info(filename)
         except ObjectNotFoundError:
             return None
-        digest = found.digest or ""
-        if not digest.upper().startswith("SHA-256="):  # not written by us: hash the bytes themselves
+        etag = _digest_etag(found.digest)
+        if etag is None:  # not written by us: hash the bytes themselves
             image = await self.get(filename)
             return image.info if image is not None else None
-        return StoredImage(image_id, filename, mime_type, found.size or 0, _nats_etag(digest, b""))
+        return StoredImage(image_id, filename, mime_type, found.size or 0, etag)
 
     async def ready(self) -> bool:
         await self._store.status()
@@ -255,11 +255,16 @@ class NatsImageStore:
 
 def _nats_etag(digest: str | None, data: bytes) -> str:
     # The object store keeps "SHA-256=<urlsafe base64>" of the bytes: reuse it rather than hash again.
+    return _digest_etag(digest) or strong_etag(data)
+
+
+def _digest_etag(digest: str | None) -> str | None:
+    """The ETag of an object store digest ("SHA-256=<urlsafe base64>"); None for any other."""
     if digest and digest.upper().startswith("SHA-256="):
         encoded = digest.split("=", 1)[1]
         with contextlib.suppress(ValueError):
             return _etag_from_digest(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    return strong_etag(data)
+    return None
 
 
 class S3ImageStore:

@@ -241,16 +241,16 @@ def instrument_grpc_client() -> None:
         GrpcAioInstrumentorClient(filter_=_grpc_filter()).instrument()  # type: ignore[no-untyped-call]
 
 
-def instrument_sqlalchemy(engine: Any) -> None:
-    """A span per statement of ``engine`` (an ``AsyncEngine`` or a sync ``Engine``); the statement
-    text is recorded with its bound parameters left out."""
-    if _enabled:
+def instrument_sqlalchemy(*engines: Any) -> None:
+    """A span per statement of each engine (``AsyncEngine`` or sync ``Engine``), all in one call (the
+    instrumentor instruments once); the statement text is recorded with its bound parameters left out."""
+    if _enabled and engines:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
         # skip_dep_check: the instrumentation declares SQLAlchemy < 2.1 while its engine events work
         # as they are on 2.1 (tests/e2e/test_tracing.py sees the statement spans).
         SQLAlchemyInstrumentor().instrument(
-            engine=getattr(engine, "sync_engine", engine), skip_dep_check=True
+            engines=[getattr(engine, "sync_engine", engine) for engine in engines], skip_dep_check=True
         )
 
 

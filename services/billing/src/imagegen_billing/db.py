@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 from collections.abc import AsyncIterator, Callable
@@ -138,17 +139,24 @@ class _SqliteWriter:
             return work(conn)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
+        # The caller's context goes along: its trace is the parent of the statements' spans.
+        context = contextvars.copy_context()
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, functools.partial(self._transaction, work)
+            self._executor, context.run, functools.partial(self._transaction, work)
         )
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            # The thread cannot be stopped: the transaction ends (committed or not) before we go on,
-            # so that nobody closes the database under it or takes the write lock while it runs.
-            with contextlib.suppress(Exception):
-                await future
-            raise
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: the transaction ends (committed or not) before we go
+                # on, so that nobody closes the database under it or takes the write lock meanwhile.
+                cancelled = True
+            except Exception:  # the transaction's own failure: raised below
+                break
+        if cancelled:
+            raise asyncio.CancelledError
+        return future.result()
 
     @property
     def engine(self) -> Engine:

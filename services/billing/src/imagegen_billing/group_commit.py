@@ -164,7 +164,9 @@ class GroupCommit:
                 extra={"units": len(group), "error": type(failure).__name__},
             )
             for unit in group:
-                if not unit.future.done():
+                if self._closed:  # rolled back, so nothing of it is held: no waits past the close
+                    _answer(unit, None, RuntimeError("the ledger is closed"))
+                elif not unit.future.done():
                     await self._commit([unit])
             return
         self.transactions += 1

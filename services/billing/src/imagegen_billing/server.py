@@ -220,7 +220,7 @@ async def serve(settings: BillingSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     server = BillingServer(settings)
     tracing.instrument_grpc_server()  # before the server is built: it adds its interceptor
-    tracing.instrument_sqlalchemy(server.db.engine)
+    tracing.instrument_sqlalchemy(*server.db.sync_engines)  # SQLite's writer thread has its own
     host, port = split_host_port(settings.billing_ops_listen)
     try:
         async with serving_ops(host, port, server.readiness):

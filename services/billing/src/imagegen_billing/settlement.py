@@ -176,7 +176,11 @@ class SettlementConsumer:
 
     async def _on_started(self, started: jobs_pb2.JobStarted) -> None:
         at = started.start_time.ToDatetime(tzinfo=UTC) if started.HasField("start_time") else now()
-        if not await self.ledger.mark_started(started.job_id, at):
+        try:
+            known = await self.ledger.mark_started(started.job_id, at)
+        except InvalidArgumentError as error:  # a job id no reservation can have: unusable, like bad bytes
+            raise ValueError(str(error)) from error
+        if not known:
             log.debug("start of a job without reservation", extra={"job_id": started.job_id})
 
     def start(self) -> None:

@@ -195,12 +195,6 @@ class JobConsumer:
         except NotFoundError:
             return  # already handled
         job = jobs_pb2.GenerationJob.FromString(raw.data or b"")
-        if job.job_id in self._running:  # its last delivery lapsed, but our run of it goes on
-            log.warning(
-                "job out of deliveries while this replica runs it: left to that run",
-                extra={"job_id": job.job_id},
-            )
-            return
         error = InternalError("The job could not be completed on our side; no credits are taken for it.")
         outcome = failure_outcome(job, deliveries, error, time.time())
         await self._events.outcome(outcome, job.reply_subject)
