@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from imagegen_billing.accounts import Accounts
 from imagegen_billing.db import Database
@@ -226,6 +228,30 @@ async def test_a_start_is_recorded_once(accounts_repo: Accounts, ledger: Ledger)
     assert await ledger.mark_started("img_a", first + timedelta(minutes=1))
     assert (await ledger.reservation("img_a")).start_time == first
     assert not await ledger.mark_started("img_unknown", first)
+
+
+async def test_the_reservations_of_jobs_come_in_the_order_asked_from_one_statement(
+    db: Database, accounts_repo: Accounts, ledger: Ledger
+) -> None:
+    account = await _account(accounts_repo, 5)
+    for job_id in ("img_a", "img_b", "img_c"):
+        await ledger.reserve(ReserveRequest(account.id, job_id, 1))
+    texts: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            texts.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        found = await ledger.reservations(["img_c", "img_unknown", "img_a", "img_c"])
+        two = await ledger.reservations(["img_b", "img_a"])
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+    assert [r.job_id for r in found] == ["img_c", "img_a"]  # unknown ones left out, a repeat once
+    assert [r.job_id for r in two] == ["img_b", "img_a"]
+    if not db.sqlite:  # one array parameter: the same statement (and plan) for any number of jobs
+        assert len(texts) == 2 and texts[0] == texts[1]
 
 
 async def test_concurrent_reservations_never_overdraw(

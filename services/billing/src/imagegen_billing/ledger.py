@@ -123,9 +123,14 @@ _START_RESERVATION = update(reservations).where(
     reservations.c.job_id == bindparam("b_job"), reservations.c.start_time.is_(None)
 )
 _INSERT_RESERVATION = insert(reservations)
-_RESERVATIONS_OF_JOBS = select(reservations).where(
-    reservations.c.job_id.in_(bindparam("b_jobs", expanding=True))
-)
+#: The reservations of a list of jobs (the gateways' status watch asks every second or so). On
+#: PostgreSQL one array parameter, so that one statement serves any number of jobs; SQLite expands.
+_RESERVATIONS_OF_JOBS = {
+    "postgresql": select(reservations).where(
+        reservations.c.job_id == any_(bindparam("b_jobs", type_=ARRAY(String)))
+    ),
+    "sqlite": select(reservations).where(reservations.c.job_id.in_(bindparam("b_jobs", expanding=True))),
+}
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -382,7 +387,8 @@ class Ledger:
         if not wanted:
             return []
         async with self.db.read() as conn:
-            rows = (await conn.execute(_RESERVATIONS_OF_JOBS, {"b_jobs": wanted})).all()
+            query = _RESERVATIONS_OF_JOBS["sqlite" if self.db.sqlite else "postgresql"]
+            rows = (await conn.execute(query, {"b_jobs": list(wanted)})).all()
         found = {row.job_id: to_reservation(row) for row in rows}
         return [found[job_id] for job_id in wanted if job_id in found]
 
