@@ -243,10 +243,11 @@ async def test_the_jobs_provider_model_is_the_one_called(
     assert create.input["aspect_ratio"] == "16:9"  # the catalog model's input mapping
 
 
-async def test_a_job_longer_than_the_ack_wait_is_kept_alive_not_redelivered(
+async def _one_job_runs_once_past_a_1s_ack_wait(
     replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
 ) -> None:
-    fake_replicate.behaviour.delay_seconds = 3.5  # over three ack waits
+    """Runs one job on a generator whose ack wait (1 s) is shorter than the fake's delay: it has one
+    image, from its first delivery, one prediction and one start."""
     async with running_generator(
         replicate_settings(generator_ack_wait_seconds=1.0, replicate_wait_seconds=1)
     ):
@@ -256,6 +257,13 @@ async def test_a_job_longer_than_the_ack_wait_is_kept_alive_not_redelivered(
     assert (outcome.WhichOneof("result"), outcome.attempt) == ("image", 1)
     assert len(fake_replicate.creates) == 1
     assert [s.attempt for s in await bus.started_events()] == [1]
+
+
+async def test_a_job_longer_than_the_ack_wait_is_kept_alive_not_redelivered(
+    replicate_settings: Settings, bus: Bus, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.behaviour.delay_seconds = 3.5  # over three ack waits
+    await _one_job_runs_once_past_a_1s_ack_wait(replicate_settings, bus, fake_replicate)
 
 
 async def test_a_job_handed_out_again_while_it_runs_here_is_not_run_twice(
@@ -269,15 +277,7 @@ async def test_a_job_handed_out_again_while_it_runs_here_is_not_run_twice(
 
     monkeypatch.setattr(JobConsumer, "_keep_alive", late_heartbeat)
     fake_replicate.behaviour.delay_seconds = 2.5  # past two ack waits: two more deliveries
-    async with running_generator(
-        replicate_settings(generator_ack_wait_seconds=1.0, replicate_wait_seconds=1)
-    ):
-        job = make_job()
-        await bus.submit(job)
-        outcome = await bus.replies.outcome(job.job_id)
-    assert (outcome.WhichOneof("result"), outcome.attempt) == ("image", 1)
-    assert len(fake_replicate.creates) == 1
-    assert [s.attempt for s in await bus.started_events()] == [1]
+    await _one_job_runs_once_past_a_1s_ack_wait(replicate_settings, bus, fake_replicate)
 
 
 async def test_nsfw_failure_is_content_rejected(

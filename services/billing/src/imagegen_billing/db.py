@@ -175,9 +175,9 @@ class Database:
         self.sqlite = engine.dialect.name == "sqlite"
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self.sqlite else engine
         self._write_lock = asyncio.Lock() if self.sqlite else None
-        self._sqlite_writer: _SqliteWriter | None = None
+        self._writer_thread: _SqliteWriter | None = None
         if self.sqlite and _is_file(engine.url):
-            self._sqlite_writer = _SqliteWriter(engine.url, timeout_seconds)
+            self._writer_thread = _SqliteWriter(engine.url, timeout_seconds)
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10, timeout_seconds: float = 10.0) -> Database:
@@ -203,19 +203,19 @@ class Database:
     def sync_engines(self) -> tuple[Engine, ...]:
         """The (sync) engines whose statements this database runs: the engine's, and on a SQLite
         file the writer thread's (for listeners that count statements, say)."""
-        if self._sqlite_writer is None:
+        if self._writer_thread is None:
             return (self.engine.sync_engine,)
-        return (self.engine.sync_engine, self._sqlite_writer.engine)
+        return (self.engine.sync_engine, self._writer_thread.engine)
 
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """Runs ``work`` on a write transaction's connection and returns its result once committed
         (nothing is committed when it raises). On a SQLite file, in one hop to the writer thread; the
         write lock is held meanwhile, so that it stays the only writer. ``work`` must not touch the
         event loop's objects: on SQLite it runs in another thread."""
-        if self._sqlite_writer is not None:
+        if self._writer_thread is not None:
             assert self._write_lock is not None
             async with self._write_lock:
-                return await self._sqlite_writer.run(work)
+                return await self._writer_thread.run(work)
         async with self.write() as conn:
             return await conn.run_sync(work)
 
@@ -229,6 +229,6 @@ class Database:
         return True
 
     async def close(self) -> None:
-        if self._sqlite_writer is not None:
-            await self._sqlite_writer.close()
+        if self._writer_thread is not None:
+            await self._writer_thread.close()
         await self.engine.dispose()

@@ -387,8 +387,7 @@ class Ledger:
         if not wanted:
             return []
         async with self.db.read() as conn:
-            query = _RESERVATIONS_OF_JOBS["sqlite" if self.db.sqlite else "postgresql"]
-            rows = (await conn.execute(query, {"b_jobs": list(wanted)})).all()
+            rows = (await conn.execute(_RESERVATIONS_OF_JOBS[_dialect(conn)], {"b_jobs": wanted})).all()
         found = {row.job_id: to_reservation(row) for row in rows}
         return [found[job_id] for job_id in wanted if job_id in found]
 
@@ -559,7 +558,7 @@ class _LedgerBatch:
             else:
                 job_ids.update(r.job_id for r in item.requests)
                 account_ids.add(item.account_id)
-        dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+        dialect = _dialect(conn)
         rows = conn.execute(_LOCK_RESERVATIONS[dialect], {"b_ids": sorted(job_ids)})
         existing = {row.job_id: to_reservation(row) for row in rows}
         account_ids.update(r.account_id for r in existing.values())
@@ -651,6 +650,11 @@ class _LedgerBatch:
             starts = [{"b_job": job_id, "start_time": at} for job_id, at in books.started.items()]
             _execute_all(conn, _START_RESERVATION, starts, "a reservation started under a group")
         append_entries(conn, *books.entries)
+
+
+def _dialect(conn: Connection | AsyncConnection) -> str:
+    """The key of the statement tables above: "postgresql" or "sqlite"."""
+    return "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
 
 
 def _execute_all(conn: Connection, statement: Any, params: list[dict[str, Any]], why: str) -> None:
